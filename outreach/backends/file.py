@@ -1,0 +1,31 @@
+"""Writes each email as one ``.eml`` file in a folder: for trying things out safely."""
+
+from __future__ import annotations
+
+import os
+import re
+from email.message import EmailMessage
+from pathlib import Path
+
+from outreach.backends.base import Backend
+from outreach.compose import to_bytes
+
+
+class FileBackend(Backend):
+    name = "file"
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+
+    def open(self) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+
+    def send(self, msg: EmailMessage, sender: str, recipient: str) -> str:
+        stem = re.sub(r"[^A-Za-z0-9.@-]", "", str(msg["Message-ID"])) or "message"
+        path = self.folder / f"{stem}.eml"
+        temporary = path.with_suffix(".tmp")
+        fd = os.open(temporary, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(to_bytes(msg))
+        os.replace(temporary, path)  # all or nothing: no half-written emails
+        return f"written to {path}"

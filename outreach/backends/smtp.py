@@ -1,0 +1,170 @@
+"""Sends through an SMTP server: TLS verified, one connection per batch, timeouts.
+
+Replies are classified the way the dispatcher needs them: 4xx, timeouts and
+dropped connections are transient; 5xx is permanent for that message;
+failures to connect, to negotiate TLS or to log in abort the whole batch
+(every message would fail the same way), leaving the messages queued.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import smtplib
+import ssl
+from email.message import EmailMessage
+
+from outreach.backends.base import Backend
+from outreach.compose import to_bytes
+from outreach.errors import BatchAbort, PermanentError, SettingsError, TransientError
+from outreach.settings import Settings
+
+
+def is_loopback(host: str) -> bool:
+    if host.lower() in ("localhost", "localhost.localdomain"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def insecure_refusal(settings: Settings) -> str | None:
+    """Why plain-text SMTP is refused for these settings, or None if allowed."""
+    if settings.smtp_security != "none" or settings.smtp_allow_insecure:
+        return None
+    if is_loopback(settings.smtp_host):
+        return None
+    return (
+        f"OUTREACH_SMTP_SECURITY: refusing unencrypted SMTP to {settings.smtp_host}: "
+        "health information must travel over TLS (use starttls or ssl, "
+        "or set OUTREACH_SMTP_ALLOW_INSECURE=true for a trusted relay)"
+    )
+
+
+def classify(code: int, reply: bytes | str, stage: str) -> TransientError | PermanentError:
+    text = reply.decode("utf-8", "replace") if isinstance(reply, bytes) else str(reply)
+    summary = f"{code} {text}".strip()
+    if 400 <= code < 500:
+        return TransientError(f"{stage}: server replied {summary}", reply=summary)
+    if 500 <= code < 600:
+        return PermanentError(f"{stage}: server replied {summary}", reply=summary)
+    return TransientError(f"{stage}: unexpected reply {summary}", reply=summary)
+
+
+class SMTPBackend(Backend):
+    name = "smtp"
+
+    def __init__(self, settings: Settings):
+        refusal = insecure_refusal(settings)
+        if refusal:
+            raise SettingsError(refusal)
+        self.settings = settings
+        self._conn: smtplib.SMTP | None = None
+
+    @property
+    def where(self) -> str:
+        return f"{self.settings.smtp_host}:{self.settings.smtp_port}"
+
+    def tls_context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context()  # verifies the certificate and the host name
+        if self.settings.smtp_ca_file:
+            context.load_verify_locations(cafile=str(self.settings.smtp_ca_file))
+        return context
+
+    def open(self) -> None:
+        if self._conn is None:
+            self._conn = self._connect()
+
+    def _connect(self) -> smtplib.SMTP:
+        s = self.settings
+        conn = None
+        try:
+            if s.smtp_security == "ssl":
+                conn = smtplib.SMTP_SSL(
+                    s.smtp_host, s.smtp_port, timeout=s.smtp_timeout, context=self.tls_context()
+                )
+            else:
+                conn = smtplib.SMTP(s.smtp_host, s.smtp_port, timeout=s.smtp_timeout)
+            conn.ehlo()
+            if s.smtp_security == "starttls":
+                if not conn.has_extn("starttls"):
+                    raise BatchAbort(
+                        f"SMTP server {self.where} does not offer STARTTLS; not sending unencrypted"
+                    )
+                conn.starttls(context=self.tls_context())
+                conn.ehlo()
+            if s.smtp_username:
+                conn.login(s.smtp_username, s.smtp_password.reveal())
+            return conn
+        except BatchAbort:
+            _quietly_close(conn)
+            raise
+        except smtplib.SMTPAuthenticationError as exc:
+            _quietly_close(conn)
+            raise BatchAbort(
+                f"SMTP login as {s.smtp_username!r} at {self.where} refused: {exc.smtp_code}"
+            ) from None
+        except smtplib.SMTPNotSupportedError as exc:
+            _quietly_close(conn)
+            raise BatchAbort(f"SMTP server {self.where}: {exc}") from None
+        except ssl.SSLError as exc:
+            _quietly_close(conn)
+            raise BatchAbort(f"TLS with SMTP server {self.where} failed: {exc.reason or exc}") from None
+        except (OSError, smtplib.SMTPException) as exc:
+            _quietly_close(conn)
+            reason = (
+                exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc) or type(exc).__name__
+            )
+            raise BatchAbort(f"cannot reach SMTP server {self.where}: {reason}") from None
+
+    def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.quit()
+            except (OSError, smtplib.SMTPException):
+                _quietly_close(conn)
+
+    def send(self, msg: EmailMessage, sender: str, recipient: str) -> str:
+        if self._conn is None:  # the previous message lost the connection
+            self._conn = self._connect()
+        conn = self._conn
+        data = to_bytes(msg)
+        try:
+            code, reply = conn.mail(sender)
+            if code != 250:
+                raise self._refused(code, reply, "MAIL FROM")
+            code, reply = conn.rcpt(recipient)
+            if code not in (250, 251):
+                raise self._refused(code, reply, f"RCPT TO <{recipient}>")
+            code, reply = conn.data(data)
+            if code != 250:
+                raise self._refused(code, reply, "DATA")
+        except smtplib.SMTPDataError as exc:  # DATA itself refused (no 354)
+            raise self._refused(exc.smtp_code, exc.smtp_error, "DATA") from None
+        except (smtplib.SMTPServerDisconnected, OSError) as exc:
+            self._drop()
+            raise TransientError(f"connection to {self.where} lost: {exc or type(exc).__name__}") from None
+        return f"{code} {reply.decode('utf-8', 'replace')}"
+
+    def _refused(self, code: int, reply: bytes, stage: str) -> TransientError | PermanentError:
+        error = classify(code, reply, stage)
+        if code == 421:  # the server is closing the connection
+            self._drop()
+        else:
+            try:
+                self._conn.rset()
+            except (OSError, smtplib.SMTPException):
+                self._drop()
+        return error
+
+    def _drop(self) -> None:
+        conn, self._conn = self._conn, None
+        _quietly_close(conn)
+
+
+def _quietly_close(conn: smtplib.SMTP | None) -> None:
+    if conn is not None:
+        with contextlib.suppress(OSError):
+            conn.close()

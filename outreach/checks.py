@@ -1,0 +1,111 @@
+"""``outreach check``: settings, rule files and templates, validated before they matter.
+
+Templates are not only compiled but rendered, for every rule, against the
+demo practice (in a throwaway database), so a missing variable or a subject
+line that names a client or a diagnosis is found before a physician sees it.
+"""
+
+from __future__ import annotations
+
+import re
+import tempfile
+from pathlib import Path
+
+import jinja2
+from sqlalchemy import select
+
+from outreach import store
+from outreach.backends.smtp import insecure_refusal
+from outreach.demo import load_demo
+from outreach.errors import OutreachError, RenderError
+from outreach.models import clients, events, utcnow
+from outreach.planner import preview
+from outreach.renderer import Renderer
+from outreach.rules import TEMPLATE_PARTS, Rule, check_rules
+from outreach.settings import Settings
+
+
+def check_all(settings: Settings) -> list[str]:
+    """Every problem found, as ``file: rule/key: message`` lines."""
+    problems = []
+    refusal = insecure_refusal(settings)
+    if refusal:
+        problems.append(f"settings: {refusal}")
+    rules, rule_problems = check_rules(settings.campaigns_dir, settings.templates_dir)
+    problems += rule_problems
+    template_problems = check_templates(settings.templates_dir)
+    problems += template_problems
+    if rules and not template_problems:
+        problems += check_rendering(settings, rules)
+    return problems
+
+
+def check_templates(templates_dir: Path) -> list[str]:
+    """Every template part compiles; every template folder is complete."""
+    renderer = Renderer(templates_dir)
+    problems = []
+    folders = [p for p in sorted(Path(templates_dir).iterdir()) if p.is_dir() and not p.name.startswith(".")]
+    for folder in folders:
+        for part in TEMPLATE_PARTS:
+            if not (folder / part).is_file():
+                problems.append(f"{folder / part}: template/{folder.name}: missing part {part}")
+                continue
+            try:
+                renderer.env.get_template(f"{folder.name}/{part}")
+            except jinja2.TemplateSyntaxError as exc:
+                problems.append(f"{folder / part}:{exc.lineno}: template/{folder.name}: {exc.message}")
+    return problems
+
+
+def check_rendering(settings: Settings, rules: list[Rule]) -> list[str]:
+    """Render each rule for the demo practice; report errors and private subjects."""
+    renderer = Renderer(settings.templates_dir)
+    now = utcnow()
+    problems = []
+    with tempfile.TemporaryDirectory(prefix="outreach-check-") as tmp:
+        engine = store.connect(f"sqlite:///{Path(tmp) / 'check.db'}")
+        try:
+            store.migrate(engine)
+            load_demo(engine, settings, Path(tmp) / "csv", now)
+            for rule in rules:
+                for ref, names in _sample_clients(engine, rule):
+                    try:
+                        rendered = preview(engine, settings, rule, renderer, ref, now)
+                    except RenderError as exc:
+                        problems.append(f"{rule.source}: {rule.name}/template: {exc}")
+                        break
+                    except OutreachError:
+                        continue
+                    leak = _private_words(rendered.subject, names)
+                    if leak:
+                        problems.append(
+                            f"{rule.source}: {rule.name}/template: subject {rendered.subject!r} "
+                            f"contains the client's {leak}"
+                        )
+        finally:
+            engine.dispose()
+    return problems
+
+
+def _sample_clients(engine, rule: Rule) -> list[tuple[str, dict]]:
+    """Demo clients the rule applies to (with an event of its kind, if it has one)."""
+    with store.read(engine) as conn:
+        query = select(clients)
+        if rule.event:
+            query = query.where(
+                clients.c.id.in_(select(events.c.client_id).where(events.c.kind == rule.event))
+            )
+        rows = conn.execute(query.order_by(clients.c.id)).all()
+    return [
+        (r.ref, {"first name": r.first_name, "last name": r.last_name, "diagnosis": r.diagnosis})
+        for r in rows
+    ]
+
+
+def _private_words(subject: str, names: dict) -> str | None:
+    lowered = subject.lower()
+    for what, value in names.items():
+        value = (value or "").strip().lower()
+        if len(value) >= 2 and re.search(rf"(?<!\w){re.escape(value)}(?!\w)", lowered):
+            return what
+    return None

@@ -1,0 +1,433 @@
+"""The ``outreach`` command: a thin layer over the library.
+
+Each command parses its arguments, calls one library function and prints
+the result. Errors a user can fix are one line on stderr and exit code 1;
+usage errors are click's, exit code 2. ``.env`` is loaded here and only
+here, and never overrides variables already set.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import signal
+import sys
+import threading
+from datetime import datetime
+from pathlib import Path
+
+import click
+from dotenv import find_dotenv, load_dotenv
+from sqlalchemy.exc import SQLAlchemyError
+
+from outreach import store
+from outreach.checks import check_all
+from outreach.daemon import Service, make_clock, run_forever
+from outreach.demo import load_demo
+from outreach.errors import ImportFileError, NotFound, OutreachError
+from outreach.importer import (
+    KINDS,
+    RowError,
+    import_file,
+    not_in_future,
+    parse_date,
+    parse_datetime,
+    parse_event_kind,
+    parse_score,
+    record_event,
+    record_measure,
+)
+from outreach.models import utcnow
+from outreach.planner import find_due, preview
+from outreach.review import (
+    format_csv,
+    format_json,
+    format_table,
+    list_messages,
+    show_message,
+    since_start,
+)
+from outreach.rules import load_rules
+from outreach.settings import Settings
+
+log = logging.getLogger("outreach")
+
+
+class OutreachGroup(click.Group):
+    """Turns every user-fixable error into one line per problem and exit 1."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except ImportFileError as exc:
+            for line in exc.problems:
+                click.echo(f"error: {line}", err=True)
+            click.echo(
+                f"error: {exc.path}: nothing imported ({len(exc.problems)} problem(s); "
+                "fix them, or use --skip-invalid to import the valid rows)",
+                err=True,
+            )
+        except OutreachError as exc:
+            for line in str(exc).splitlines() or [type(exc).__name__]:
+                click.echo(f"error: {line}", err=True)
+        except SQLAlchemyError as exc:
+            reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+            click.echo(f"error: database: {reason}", err=True)
+        ctx.exit(1)
+
+
+class Env:
+    """Settings and the database, loaded when a command first needs them."""
+
+    def __init__(self):
+        self._settings: Settings | None = None
+        self._engine = None
+
+    @property
+    def settings(self) -> Settings:
+        if self._settings is None:
+            self._settings = Settings.from_env()
+        return self._settings
+
+    @property
+    def engine(self):
+        if self._engine is None:
+            self._engine = store.connect(self.settings.database_url)
+        return self._engine
+
+    def ready_engine(self):
+        store.require_current(self.engine)
+        return self.engine
+
+    def now(self, value: str | None) -> datetime:
+        if value is None:
+            return utcnow()
+        try:
+            return parse_datetime(value, "--now", self.settings.tz)
+        except RowError as exc:
+            raise OutreachError(str(exc)) from None
+
+
+pass_env = click.make_pass_decorator(Env, ensure=True)
+now_option = click.option(
+    "--now", metavar="ISO", help="Act as if it were this time (ISO 8601), to replay or test a run."
+)
+
+
+def setup_logging(level: str) -> None:
+    """One line per event on stderr, journald-friendly."""
+    logging.basicConfig(
+        level=getattr(logging, level, logging.INFO),
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+        force=True,
+    )
+
+
+@click.group(cls=OutreachGroup)
+@click.version_option(package_name="outreach")
+@click.pass_context
+def cli(ctx: click.Context):
+    """Keep referring physicians informed: milestone in, clinically worded email out."""
+    ctx.ensure_object(Env)
+
+
+@cli.command()
+@pass_env
+def init(env: Env):
+    """Create or upgrade the database (safe to run again)."""
+    revision = store.migrate(env.engine)
+    where = env.engine.url.render_as_string(hide_password=True)
+    click.echo(f"database {where} is at schema revision {revision}")
+
+
+@cli.command()
+@pass_env
+def check(env: Env):
+    """Validate settings, every rule file and every template."""
+    problems = check_all(env.settings)
+    for problem in problems:
+        click.echo(problem, err=True)
+    if problems:
+        click.echo(f"{len(problems)} problem(s) found", err=True)
+        sys.exit(1)
+    click.echo("settings, rules and templates are valid")
+
+
+@cli.command("import")
+@click.argument("kind", type=click.Choice(KINDS))
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--skip-invalid", is_flag=True, help="Import the valid rows and report the others.")
+@now_option
+@pass_env
+def import_(env: Env, kind: str, file: Path, skip_invalid: bool, now: str | None):
+    """Import physicians, clients, events or measures from a CSV FILE.
+
+    \b
+    physicians: email,name,credentials,specialty,clinic,phone,fax,timezone
+    clients:    ref,first_name,last_name,physician_email,referral_date,
+                diagnosis,precautions,goals,consent_date,status
+    events:     client_ref,kind,occurred_at,note
+    measures:   client_ref,instrument,score,measured_at
+
+    A file with any bad row imports nothing unless --skip-invalid is given.
+    """
+    report = import_file(env.ready_engine(), env.settings, kind, file, env.now(now), skip_invalid)
+    for problem in report.skipped:
+        click.echo(f"skipped: {problem}", err=True)
+    click.echo(report.summary())
+
+
+@cli.group()
+def event():
+    """Record milestones in a client's care."""
+
+
+@event.command("add")
+@click.argument("client_ref")
+@click.argument("kind")
+@click.option("--at", "at", metavar="ISO", help="When it happened (default: now).")
+@click.option("--note", default="", help="What happened, in clinical words.")
+@now_option
+@pass_env
+def event_add(env: Env, client_ref: str, kind: str, at: str | None, note: str, now: str | None):
+    """Record that KIND (e.g. initial_assessment) happened for CLIENT_REF."""
+    moment = env.now(now)
+    try:
+        kind = parse_event_kind(kind)
+        occurred = parse_datetime(at, "--at", env.settings.tz) if at else moment
+        not_in_future(occurred, moment, "--at")
+    except RowError as exc:
+        raise OutreachError(str(exc)) from None
+    with store.write(env.ready_engine()) as conn:
+        client_id = _client_id(conn, client_ref)
+        new_id = record_event(conn, client_id, kind, occurred, note, moment)
+    if new_id is None:
+        click.echo(f"{kind} for {client_ref} at {occurred.isoformat()} was already recorded")
+    else:
+        click.echo(f"recorded {kind} for {client_ref} at {occurred.isoformat()} (event {new_id})")
+
+
+@cli.group()
+def measure():
+    """Record outcome measures (LEFS, ODI, NDI, QuickDASH, NPRS, PSFS, TUG, …)."""
+
+
+@measure.command("add")
+@click.argument("client_ref")
+@click.argument("instrument")
+@click.argument("score")
+@click.option("--at", "at", metavar="DATE", help="Day measured (YYYY-MM-DD, default: today).")
+@now_option
+@pass_env
+def measure_add(env: Env, client_ref: str, instrument: str, score: str, at: str | None, now: str | None):
+    """Record SCORE on INSTRUMENT for CLIENT_REF."""
+    moment = env.now(now)
+    try:
+        code, value = parse_score(score, instrument)
+        day = parse_date(at, "--at") if at else moment.astimezone(env.settings.tz).date()
+        not_in_future(day, moment, "--at")
+    except RowError as exc:
+        raise OutreachError(str(exc)) from None
+    with store.write(env.ready_engine()) as conn:
+        outcome = record_measure(conn, _client_id(conn, client_ref), code, value, day, moment)
+    click.echo(f"{code} {value:g} on {day} for {client_ref}: {outcome}")
+
+
+def _client_id(conn, ref: str) -> int:
+    from sqlalchemy import select
+
+    from outreach.models import clients
+
+    found = conn.execute(select(clients.c.id).where(clients.c.ref == ref)).scalar()
+    if found is None:
+        raise NotFound(f"no client with ref {ref!r}")
+    return found
+
+
+@cli.command()
+@click.option("--dry-run", is_flag=True, help="List what is due; queue nothing.")
+@now_option
+@pass_env
+def plan(env: Env, dry_run: bool, now: str | None):
+    """Evaluate every rule and queue the emails that are due."""
+    moment = env.now(now)
+    if dry_run:
+        settings = env.settings
+        rules = load_rules(settings.campaigns_dir, settings.templates_dir)
+        with store.read(env.ready_engine()) as conn:
+            drafts = find_due(conn, rules, settings, moment)
+        for d in drafts:
+            what = f"client {d.client_ref}" if d.client_ref else "physician summary"
+            note = f"  (would be suppressed: {d.suppress_reason})" if d.suppress_reason else ""
+            click.echo(f"{d.rule.name}: {what} -> {d.recipient}{note}")
+        click.echo(f"{len(drafts)} email(s) due; nothing queued (dry run)")
+        return
+    report = _service(env).plan(moment)
+    click.echo(
+        f"queued {len(report.queued)}, suppressed {len(report.suppressed)}, "
+        f"failed {len(report.failed)}, cancelled {report.cancelled}"
+    )
+    for draft, error in report.failed:
+        click.echo(f"failed: {draft.dedupe_key}: {error}", err=True)
+
+
+@cli.command()
+@click.option("--limit", type=click.IntRange(min=1), help="Send at most N messages.")
+@now_option
+@pass_env
+def send(env: Env, limit: int | None, now: str | None):
+    """Deliver the queued messages that are due, once."""
+    report = _service(env).send(make_clock(env.now(now) if now else None), limit=limit)
+    _print_send(report)
+    if report.aborted:
+        sys.exit(1)
+
+
+def _print_send(report) -> None:
+    click.echo(f"sent {len(report.sent)}, deferred {len(report.deferred)}, failed {len(report.failed)}")
+    if report.aborted:
+        click.echo(f"error: sending stopped, messages left queued: {report.aborted}", err=True)
+
+
+def _service(env: Env) -> Service:
+    setup_logging(env.settings.log_level)
+    return Service.load(env.settings, engine=env.ready_engine())
+
+
+@cli.command()
+@click.option("--once", is_flag=True, help="One plan and one send, then exit.")
+@now_option
+@pass_env
+def run(env: Env, once: bool, now: str | None):
+    """Run the service: plan and send on a schedule until SIGTERM or Ctrl-C."""
+    service = _service(env)
+    clock = make_clock(env.now(now) if now else None)
+    if once:
+        plan_report, send_report = service.cycle(clock)
+        click.echo(f"planned {len(plan_report.queued)} new email(s)")
+        _print_send(send_report)
+        return
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    run_forever(service, clock, stop)
+
+
+@cli.group(invoke_without_command=True)
+@click.option("--status", help="Only messages in this state (pending, sent, failed, suppressed, …).")
+@click.option("--physician", metavar="EMAIL", help="Only messages to this physician.")
+@click.option("--client", metavar="REF", help="Only messages about this client.")
+@click.option("--since", metavar="DATE", help="Only messages queued on or after this day.")
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table")
+@click.option("--limit", type=click.IntRange(min=0), default=100, show_default=True, help="0 for all.")
+@click.pass_context
+def log_(ctx, status, physician, client, since, fmt, limit):
+    """The sent-message log, newest first."""
+    if ctx.invoked_subcommand is not None:
+        return
+    env = ctx.ensure_object(Env)
+    try:
+        since_day = parse_date(since, "--since") if since else None
+    except RowError as exc:
+        raise OutreachError(str(exc)) from None
+    tz = env.settings.tz
+    with store.read(env.ready_engine()) as conn:
+        rows = list_messages(
+            conn, status, physician, client, since_start(since_day, tz) if since_day else None, limit or None
+        )
+    output = {"json": format_json, "csv": format_csv}.get(fmt)
+    click.echo(output(rows) if output else format_table(rows, tz))
+
+
+log_.name = "log"
+cli.add_command(log_, "log")
+
+
+@log_.command("show")
+@click.argument("message_id", type=int)
+@pass_env
+def log_show(env: Env, message_id: int):
+    """One message whole: headers, text, and its attempt trail."""
+    with store.read(env.ready_engine()) as conn:
+        click.echo(show_message(conn, message_id, env.settings.tz))
+
+
+@cli.command("preview")
+@click.argument("rule_name", metavar="RULE")
+@click.option("--client", "client_ref", metavar="REF", help="The client to render it for.")
+@click.option(
+    "--html", "html_file", type=click.Path(dir_okay=False, path_type=Path), help="Write the HTML part here."
+)
+@now_option
+@pass_env
+def preview_(env: Env, rule_name: str, client_ref: str | None, html_file: Path | None, now: str | None):
+    """Render what RULE would send now, without queuing it."""
+    settings = env.settings
+    rules = {r.name: r for r in load_rules(settings.campaigns_dir, settings.templates_dir)}
+    if rule_name not in rules:
+        raise NotFound(f"no rule named {rule_name!r} (rules: {', '.join(sorted(rules))})")
+    from outreach.renderer import Renderer
+
+    rendered = preview(
+        env.ready_engine(),
+        settings,
+        rules[rule_name],
+        Renderer(settings.templates_dir),
+        client_ref,
+        env.now(now),
+    )
+    click.echo(f"Subject: {rendered.subject}\n")
+    click.echo(rendered.text.rstrip())
+    if html_file:
+        html_file.write_text(rendered.html, encoding="utf-8")
+        click.echo(f"\n(HTML part written to {html_file})")
+
+
+@cli.command()
+@click.option(
+    "--dir", "folder", type=click.Path(file_okay=False, path_type=Path), default=Path("demo"), show_default=True,
+    help="Where the demo database, CSV files and outbox go (replaced on each run).",
+)  # fmt: skip
+@now_option
+@pass_env
+def demo(env: Env, folder: Path, now: str | None):
+    """Build a demo practice in a fresh SQLite file and run one cycle (file backend).
+
+    Nothing is emailed: the demo always writes .eml files to DIR/outbox,
+    whatever OUTREACH_EMAIL_BACKEND says.
+    """
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    settings = env.settings.with_(
+        database_url=f"sqlite:///{folder / 'outreach-demo.db'}",
+        email_backend="file",
+        outbox_dir=folder / "outbox",
+    )
+    moment = env.now(now)
+    engine = store.connect(settings.database_url)
+    store.migrate(engine)
+    load_demo(engine, settings, folder / "csv", moment)
+    setup_logging("WARNING")
+    service = Service.load(settings, engine=engine)
+    plan_report, send_report = service.cycle(make_clock(moment))
+    click.echo(f"Demo practice in {folder}/: database, CSV files (csv/) and emails (outbox/).")
+    click.echo(
+        f"Planned {len(plan_report.queued)} email(s), suppressed {len(plan_report.suppressed)}; "
+        f"sent {len(send_report.sent)}.\n"
+    )
+    with store.read(engine) as conn:
+        click.echo(format_table(list_messages(conn, limit=None), settings.tz))
+    click.echo(f"\nRead one: outreach log show ID  (with OUTREACH_DATABASE_URL={settings.database_url})")
+    engine.dispose()
+
+
+def main() -> None:
+    """Console entry point: ``.env`` first (never overriding the environment), then the CLI."""
+    load_dotenv(find_dotenv(usecwd=True), override=False)
+    cli(prog_name="outreach")
+
+
+if __name__ == "__main__":
+    main()

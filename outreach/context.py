@@ -1,0 +1,298 @@
+"""What an email says: the template context for a client or a physician.
+
+Everything a template may print is assembled here from the database, so
+templates stay declarative and every email interprets the same numbers the
+same way (outcomes against their MCID, attendance, the bottom line).
+"""
+
+from __future__ import annotations
+
+import statistics
+from datetime import date, datetime, timedelta
+
+from sqlalchemy import Connection, func, select
+
+from outreach.instruments import INSTRUMENTS, Outcome, format_change, format_score
+from outreach.models import clients, events, measurements, physicians
+from outreach.rules import Rule
+from outreach.settings import Settings
+
+EVENT_LABELS = {
+    "referral_received": "Referral received",
+    "initial_assessment": "Initial assessment",
+    "reassessment": "Reassessment",
+    "goal_achieved": "Goal achieved",
+    "session_attended": "Session attended",
+    "session_missed": "Session missed",
+    "program_completed": "Program completed",
+    "discharged": "Discharged",
+    "adverse_event": "Adverse event",
+}
+DOCTOR_CREDENTIALS = {"MD", "DO", "MBBS", "MBCHB", "DPM", "PHD", "DC"}
+MIN_COHORT = 3  # a de-identified summary must describe at least this many clients
+
+
+def practice_view(settings: Settings) -> dict:
+    sender = ", ".join(p for p in (settings.sender_name, settings.sender_credentials) if p)
+    return {
+        "name": settings.practice_name,
+        "address": settings.practice_address,
+        "phone": settings.practice_phone,
+        "email": settings.from_addr,
+        "sender_name": settings.sender_name,
+        "sender_credentials": settings.sender_credentials,
+        "sender": sender,
+    }
+
+
+def physician_view(row) -> dict:
+    credentials = row.credentials or ""
+    tokens = {t.strip(" .").upper() for t in credentials.replace(",", " ").split()}
+    last_name = row.name.split()[-1] if row.name.split() else row.name
+    salutation = f"Dr. {last_name}" if tokens & DOCTOR_CREDENTIALS else row.name
+    return {
+        "id": row.id,
+        "name": row.name,
+        "credentials": credentials,
+        "display": f"{row.name}, {credentials}" if credentials else row.name,
+        "salutation": salutation,
+        "specialty": row.specialty,
+        "clinic": row.clinic,
+        "email": row.email,
+    }
+
+
+def initials(first_name: str, last_name: str) -> str:
+    letters = [next((ch for ch in part if ch.isalpha()), "") for part in (first_name, last_name)]
+    return "".join(f"{ch.upper()}." for ch in letters if ch)
+
+
+def client_view(row) -> dict:
+    goals = [g.strip() for g in (row.goals or "").replace("\n", ";").split(";") if g.strip()]
+    return {
+        "id": row.id,
+        "ref": row.ref,
+        "initials": initials(row.first_name, row.last_name),
+        "first_name": row.first_name,
+        "last_name": row.last_name,
+        "referral_date": row.referral_date,
+        "diagnosis": row.diagnosis or "not stated on the referral",
+        "precautions": row.precautions or "none stated",
+        "goals": goals,
+        "status": row.status,
+        "consent_date": row.consent_date,
+    }
+
+
+def event_view(row, settings: Settings) -> dict:
+    local = row.occurred_at.astimezone(settings.tz)
+    return {
+        "id": row.id,
+        "kind": row.kind,
+        "label": EVENT_LABELS.get(row.kind, row.kind),
+        "occurred_at": local,
+        "date": local.date(),
+        "note": row.note or "",
+    }
+
+
+def outcome_view(outcome: Outcome) -> dict:
+    ins = outcome.instrument
+    pct = outcome.change_pct
+    return {
+        "code": ins.code,
+        "name": ins.name,
+        "unit": ins.unit,
+        "baseline": format_score(outcome.baseline),
+        "latest": format_score(outcome.latest),
+        "change": format_change(outcome.change),
+        "change_pct": "" if pct is None else f"{format_change(round(pct))} %",
+        "threshold": ins.threshold_label,
+        "interpretation": outcome.interpretation,
+        "meaningful": outcome.meaningful,
+        "worsened": outcome.worsened,
+        "risk_note": outcome.risk_note,
+        "baseline_on": outcome.baseline_on,
+        "latest_on": outcome.latest_on,
+        "count": outcome.count,
+        "source": ins.source,
+    }
+
+
+def outcomes_for(conn: Connection, client_id: int, until: date | None = None) -> list[Outcome]:
+    """First against latest score for each instrument measured for the client."""
+    query = (
+        select(measurements.c.instrument, measurements.c.score, measurements.c.measured_on)
+        .where(measurements.c.client_id == client_id)
+        .order_by(measurements.c.instrument, measurements.c.measured_on)
+    )
+    if until is not None:
+        query = query.where(measurements.c.measured_on <= until)
+    series: dict[str, list] = {}
+    for row in conn.execute(query):
+        series.setdefault(row.instrument, []).append(row)
+    result = []
+    for code, rows in series.items():
+        instrument = INSTRUMENTS.get(code)
+        if instrument is None:
+            continue
+        first, last = rows[0], rows[-1]
+        result.append(
+            Outcome(instrument, first.score, last.score, first.measured_on, last.measured_on, len(rows))
+        )
+    return sorted(result, key=lambda o: list(INSTRUMENTS).index(o.instrument.code))
+
+
+def attendance_for(conn: Connection, client_id: int, start: datetime, end: datetime) -> dict:
+    """Sessions attended and missed in the period; consecutive misses up to its end."""
+    rows = conn.execute(
+        select(events.c.kind, events.c.occurred_at)
+        .where(
+            events.c.client_id == client_id,
+            events.c.kind.in_(("session_attended", "session_missed")),
+            events.c.occurred_at <= end,
+        )
+        .order_by(events.c.occurred_at)
+    ).all()
+    in_period = [r for r in rows if r.occurred_at >= start]
+    attended = sum(r.kind == "session_attended" for r in in_period)
+    missed = len(in_period) - attended
+    streak = 0
+    for row in reversed(rows):
+        if row.kind != "session_missed":
+            break
+        streak += 1
+    scheduled = attended + missed
+    return {
+        "attended": attended,
+        "missed": missed,
+        "scheduled": scheduled,
+        "rate": round(100 * attended / scheduled) if scheduled else None,
+        "consecutive_missed": streak,
+    }
+
+
+def bottom_line(outcomes: list[Outcome], attendance: dict, adverse: bool) -> str:
+    """The one-word status a physician reads first."""
+    if adverse or attendance["consecutive_missed"] >= 3:
+        return "needs your attention"
+    compared = [o for o in outcomes if o.count >= 2]
+    if any(o.worsened for o in compared):
+        return "declining"
+    if any(o.meaningful for o in compared):
+        return "improving"
+    if compared:
+        return "plateau"
+    return "baseline established"
+
+
+def client_context(
+    conn: Connection,
+    settings: Settings,
+    rule: Rule,
+    client_id: int,
+    now: datetime,
+    event_id: int | None = None,
+) -> dict:
+    """Everything a client-level template may use."""
+    client = conn.execute(select(clients).where(clients.c.id == client_id)).one()
+    physician = conn.execute(select(physicians).where(physicians.c.id == client.physician_id)).one()
+    event = None
+    if event_id is not None:
+        event = conn.execute(select(events).where(events.c.id == event_id)).one()
+    local_now = now.astimezone(settings.tz)
+    start = now - (rule.every or timedelta(days=30))
+    if rule.every is None and client.referral_date is not None:
+        start = min(start, datetime.combine(client.referral_date, datetime.min.time(), settings.tz))
+    outcomes = outcomes_for(conn, client_id, until=local_now.date())
+    attendance = attendance_for(conn, client_id, start, now)
+    adverse = _has_event(conn, client_id, "adverse_event", start, now)
+    return {
+        "practice": practice_view(settings),
+        "physician": physician_view(physician),
+        "client": client_view(client),
+        "event": event_view(event, settings) if event is not None else None,
+        "outcomes": [outcome_view(o) for o in outcomes],
+        "attendance": attendance,
+        "status": bottom_line(outcomes, attendance, adverse),
+        "period": {"start": start.astimezone(settings.tz).date(), "end": local_now.date()},
+        "assessments": _event_dates(conn, client_id, settings),
+        "rule": {"name": rule.name, "description": rule.description},
+        "now": local_now,
+        "today": local_now.date(),
+    }
+
+
+def _has_event(conn: Connection, client_id: int, kind: str, start: datetime, end: datetime) -> bool:
+    found = conn.execute(
+        select(events.c.id).where(
+            events.c.client_id == client_id,
+            events.c.kind == kind,
+            events.c.occurred_at >= start,
+            events.c.occurred_at <= end,
+        )
+    ).first()
+    return found is not None
+
+
+def _event_dates(conn: Connection, client_id: int, settings: Settings) -> dict:
+    """Dates of the first assessment and the latest reassessment, if any."""
+    dates = {}
+    for kind, fn in (("initial_assessment", func.min), ("reassessment", func.max)):
+        at = conn.execute(
+            select(fn(events.c.occurred_at)).where(events.c.client_id == client_id, events.c.kind == kind)
+        ).scalar()
+        dates[kind] = None if at is None else _as_utc(at).astimezone(settings.tz).date()
+    return dates
+
+
+def _as_utc(value: datetime) -> datetime:
+    from datetime import UTC
+
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+
+
+def physician_context(
+    conn: Connection, settings: Settings, rule: Rule, physician_id: int, now: datetime, period: dict
+) -> dict:
+    """A de-identified summary of a physician's referrals: counts and median changes."""
+    physician = conn.execute(select(physicians).where(physicians.c.id == physician_id)).one()
+    rows = conn.execute(
+        select(clients.c.id, clients.c.status, clients.c.referral_date).where(
+            clients.c.physician_id == physician_id
+        )
+    ).all()
+    start, end = period["start"], period["end"]
+    referred = [r for r in rows if r.referral_date and start <= r.referral_date <= end]
+    per_instrument: dict[str, list[Outcome]] = {}
+    for row in rows:
+        for outcome in outcomes_for(conn, row.id, until=end):
+            if outcome.count >= 2:
+                per_instrument.setdefault(outcome.instrument.code, []).append(outcome)
+    measures = [
+        {
+            "code": code,
+            "name": INSTRUMENTS[code].name,
+            "clients": len(found),
+            "median_change": format_change(statistics.median(o.change for o in found)),
+            "reached_threshold": round(100 * sum(o.meaningful for o in found) / len(found)),
+            "threshold": INSTRUMENTS[code].threshold_label,
+        }
+        for code, found in per_instrument.items()
+        if len(found) >= MIN_COHORT
+    ]
+    return {
+        "practice": practice_view(settings),
+        "physician": physician_view(physician),
+        "period": period,
+        "cohort": {
+            "size": len(rows),
+            "referred": len(referred),
+            "active": sum(r.status == "active" for r in rows),
+            "discharged": sum(r.status == "discharged" for r in rows),
+        },
+        "measures": measures,
+        "rule": {"name": rule.name, "description": rule.description},
+        "now": now.astimezone(settings.tz),
+        "today": now.astimezone(settings.tz).date(),
+    }

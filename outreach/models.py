@@ -1,0 +1,198 @@
+"""The data model: one SQLAlchemy Core table per thing the service tracks.
+
+Core rather than the ORM: the pipeline works on sets of rows (plan a rule for
+every client, claim a batch, filter the log) and Core says that directly.
+The migration in ``migrations/versions`` creates exactly these tables; a test
+compares the two.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import (
+    Column,
+    Date,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    SmallInteger,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.types import TypeDecorator
+
+# --- vocabularies -----------------------------------------------------------
+
+EVENT_KINDS = (
+    "referral_received",
+    "initial_assessment",
+    "reassessment",
+    "goal_achieved",
+    "session_attended",
+    "session_missed",
+    "program_completed",
+    "discharged",
+    "adverse_event",
+)
+
+CLIENT_STATUSES = ("referred", "active", "on_hold", "discharged")
+
+# Message lifecycle (DESIGN.md): a fixed vocabulary, nothing else is written.
+PENDING, SENDING, SENT, FAILED, SUPPRESSED, CANCELLED = (
+    "pending",
+    "sending",
+    "sent",
+    "failed",
+    "suppressed",
+    "cancelled",
+)
+MESSAGE_STATUSES = (PENDING, SENDING, SENT, FAILED, SUPPRESSED, CANCELLED)
+
+# What the audit trail of a message can say happened to it.
+TRAIL_ACTIONS = (
+    "queued",
+    "claimed",
+    "sent",
+    "deferred",
+    "failed",
+    "suppressed",
+    "cancelled",
+    "released",
+    "retried",
+)
+
+PRIORITY_NORMAL, PRIORITY_URGENT = 0, 10
+PRIORITIES = {"normal": PRIORITY_NORMAL, "urgent": PRIORITY_URGENT}
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator):
+    """Stores naive UTC, hands back aware UTC: one meaning on SQLite and PostgreSQL."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect):
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the database; attach a time zone")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect):
+        return None if value is None else value.replace(tzinfo=UTC)
+
+
+metadata = MetaData()
+
+physicians = Table(
+    "physicians",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("email", String(254), nullable=False, unique=True),
+    Column("name", String(200), nullable=False),
+    Column("credentials", String(100), nullable=False, default=""),
+    Column("specialty", String(200), nullable=False, default=""),
+    Column("clinic", String(200), nullable=False, default=""),
+    Column("phone", String(50), nullable=False, default=""),
+    Column("fax", String(50), nullable=False, default=""),
+    Column("timezone", String(64), nullable=True),
+    Column("opted_out_on", Date, nullable=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+)
+
+clients = Table(
+    "clients",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("ref", String(64), nullable=False, unique=True),
+    Column("first_name", String(100), nullable=False),
+    Column("last_name", String(100), nullable=False),
+    Column("physician_id", Integer, ForeignKey("physicians.id"), nullable=False, index=True),
+    Column("referral_date", Date, nullable=True),
+    Column("diagnosis", Text, nullable=False, default=""),
+    Column("precautions", Text, nullable=False, default=""),
+    Column("goals", Text, nullable=False, default=""),
+    Column("consent_date", Date, nullable=True),
+    Column("consent_expires", Date, nullable=True),
+    Column("status", String(20), nullable=False, default="referred"),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+)
+
+events = Table(
+    "events",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("client_id", Integer, ForeignKey("clients.id"), nullable=False),
+    Column("kind", String(40), nullable=False),
+    Column("occurred_at", UTCDateTime, nullable=False),
+    Column("note", Text, nullable=False, default=""),
+    Column("created_at", UTCDateTime, nullable=False),
+    UniqueConstraint("client_id", "kind", "occurred_at", name="uq_events_client_kind_time"),
+    Index("ix_events_kind_time", "kind", "occurred_at"),
+)
+
+measurements = Table(
+    "measurements",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("client_id", Integer, ForeignKey("clients.id"), nullable=False),
+    Column("instrument", String(40), nullable=False),
+    Column("score", Float, nullable=False),
+    Column("measured_on", Date, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    UniqueConstraint("client_id", "instrument", "measured_on", name="uq_measurements_day"),
+)
+
+messages = Table(
+    "messages",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("rule", String(100), nullable=False),
+    Column("template", String(100), nullable=False),
+    Column("dedupe_key", String(255), nullable=False, unique=True),
+    Column("client_id", Integer, ForeignKey("clients.id"), nullable=True, index=True),
+    Column("physician_id", Integer, ForeignKey("physicians.id"), nullable=True),
+    Column("recipient", String(254), nullable=False),
+    Column("recipient_name", String(300), nullable=False, default=""),
+    Column("subject", String(300), nullable=False),
+    Column("html", Text, nullable=False),
+    Column("text", Text, nullable=False),
+    Column("priority", SmallInteger, nullable=False, default=PRIORITY_NORMAL),
+    Column("status", String(20), nullable=False),
+    Column("not_before", UTCDateTime, nullable=True),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("next_attempt_at", UTCDateTime, nullable=True),
+    Column("lease_until", UTCDateTime, nullable=True),
+    Column("claimed_by", String(100), nullable=True),
+    Column("last_error", Text, nullable=True),
+    Column("message_id", String(255), nullable=False, unique=True),
+    Column("smtp_response", Text, nullable=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    Column("sent_at", UTCDateTime, nullable=True),
+    Index("ix_messages_queue", "status", "next_attempt_at"),
+    Index("ix_messages_physician_created", "physician_id", "created_at"),
+    Index("ix_messages_created", "created_at"),
+)
+
+message_events = Table(
+    "message_events",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("message_id", Integer, ForeignKey("messages.id"), nullable=False, index=True),
+    Column("at", UTCDateTime, nullable=False),
+    Column("action", String(20), nullable=False),
+    Column("detail", Text, nullable=False, default=""),
+)

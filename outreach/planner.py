@@ -1,0 +1,451 @@
+"""The planner: which rule is due, for whom, now — and queue it, rendered.
+
+Planning is idempotent: each due email has a dedupe key (``rule:event:ID``,
+``rule:client:ID:PERIOD``, ``rule:physician:ID:PERIOD``) that is unique in
+the messages table, and rows are inserted with "on conflict do nothing", so
+planning twice, or two planners at once, queues nothing the second time.
+A message is rendered once, when it is queued, and stored exactly as it
+will be sent.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time, timedelta
+
+from sqlalchemy import Connection, Engine, String, cast, exists, func, literal, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from outreach import store
+from outreach.context import MIN_COHORT, client_context, physician_context
+from outreach.errors import RenderError
+from outreach.models import (
+    CANCELLED,
+    FAILED,
+    PENDING,
+    SENDING,
+    SENT,
+    SUPPRESSED,
+    clients,
+    events,
+    message_events,
+    messages,
+    physicians,
+)
+from outreach.renderer import Renderer
+from outreach.rules import Rule
+from outreach.settings import Settings
+
+log = logging.getLogger(__name__)
+CHUNK = 500
+
+
+@dataclass
+class Draft:
+    """An email that a rule says is due; not yet rendered or stored."""
+
+    rule: Rule
+    dedupe_key: str
+    physician_id: int
+    recipient: str
+    recipient_name: str
+    client_id: int | None = None
+    client_ref: str | None = None
+    event_id: int | None = None
+    period: dict | None = None
+    suppress_reason: str | None = None
+
+
+@dataclass
+class PlanReport:
+    queued: list[Draft] = field(default_factory=list)
+    suppressed: list[Draft] = field(default_factory=list)
+    failed: list[tuple[Draft, str]] = field(default_factory=list)
+    cancelled: int = 0
+
+    @property
+    def total(self) -> int:
+        return len(self.queued) + len(self.suppressed) + len(self.failed)
+
+
+# --- finding what is due -----------------------------------------------------
+
+
+def find_due(conn: Connection, rules: Iterable[Rule], settings: Settings, now: datetime) -> list[Draft]:
+    """Every email due now that has not been queued before (by dedupe key)."""
+    drafts: list[Draft] = []
+    for rule in rules:
+        if rule.event:
+            drafts += _due_on_event(conn, rule, now)
+        elif rule.scope == "client":
+            drafts += _due_recurring_client(conn, rule, settings, now)
+        else:
+            drafts += _due_recurring_physician(conn, rule, settings, now)
+    for draft in drafts:
+        draft.suppress_reason = draft.suppress_reason or _physician_suppression(conn, draft)
+    return drafts
+
+
+def _recipient_columns():
+    return (
+        physicians.c.id.label("physician_id"),
+        physicians.c.email,
+        physicians.c.name.label("physician_name"),
+        physicians.c.credentials,
+    )
+
+
+def _recipient_name(row) -> str:
+    return f"{row.physician_name}, {row.credentials}" if row.credentials else row.physician_name
+
+
+def _consent_problem(row, today: date) -> str | None:
+    if row.consent_date is None:
+        return "no consent to share health information on record"
+    if row.consent_date > today:
+        return f"consent is recorded from {row.consent_date}, not yet in effect"
+    if row.consent_expires is not None and row.consent_expires < today:
+        return f"consent expired on {row.consent_expires}"
+    return None
+
+
+def _due_on_event(conn: Connection, rule: Rule, now: datetime) -> list[Draft]:
+    key = literal(f"{rule.name}:event:") + cast(events.c.id, String)
+    newest = now - rule.delay
+    query = (
+        select(
+            events.c.id.label("event_id"),
+            clients.c.id.label("client_id"),
+            clients.c.ref,
+            clients.c.consent_date,
+            clients.c.consent_expires,
+            *_recipient_columns(),
+        )
+        .select_from(events.join(clients).join(physicians))
+        .where(
+            events.c.kind == rule.event,
+            events.c.occurred_at <= newest,
+            events.c.occurred_at >= newest - rule.max_age,
+            ~exists().where(messages.c.dedupe_key == key),
+        )
+        .order_by(events.c.occurred_at, events.c.id)
+    )
+    today = now.date()
+    return [
+        Draft(
+            rule=rule,
+            dedupe_key=f"{rule.name}:event:{row.event_id}",
+            physician_id=row.physician_id,
+            recipient=row.email,
+            recipient_name=_recipient_name(row),
+            client_id=row.client_id,
+            client_ref=row.ref,
+            event_id=row.event_id,
+            suppress_reason=_consent_problem(row, today) if rule.consent_required else None,
+        )
+        for row in conn.execute(query)
+    ]
+
+
+def _due_recurring_client(conn: Connection, rule: Rule, settings: Settings, now: datetime) -> list[Draft]:
+    """Every ``rule.every`` since the anchor, while active; only the latest period."""
+    assert rule.every is not None
+    if rule.since == "referral_date":
+        anchor = clients.c.referral_date
+    else:
+        anchor = (
+            select(func.min(events.c.occurred_at))
+            .where(events.c.client_id == clients.c.id, events.c.kind == rule.since)
+            .scalar_subquery()
+        )
+    query = (
+        select(
+            clients.c.id.label("client_id"),
+            clients.c.ref,
+            clients.c.consent_date,
+            clients.c.consent_expires,
+            anchor.label("anchor"),
+            *_recipient_columns(),
+        )
+        .select_from(clients.join(physicians))
+        .where(clients.c.status == "active", ~_recently_reported(rule, now))
+        .order_by(clients.c.id)
+    )
+    candidates = []
+    for row in conn.execute(query):
+        start = _as_datetime(row.anchor, settings)
+        if start is None or start > now:
+            continue
+        period = (now - start) // rule.every
+        if period >= 1:
+            candidates.append((f"{rule.name}:client:{row.client_id}:{period}", row))
+    new = _not_yet_queued(conn, candidates)
+    today = now.date()
+    return [
+        Draft(
+            rule=rule,
+            dedupe_key=key,
+            physician_id=row.physician_id,
+            recipient=row.email,
+            recipient_name=_recipient_name(row),
+            client_id=row.client_id,
+            client_ref=row.ref,
+            suppress_reason=_consent_problem(row, today) if rule.consent_required else None,
+        )
+        for key, row in new
+    ]
+
+
+def _recently_reported(rule: Rule, now: datetime):
+    """The client already had an email from this template within one interval."""
+    return exists().where(
+        messages.c.client_id == clients.c.id,
+        messages.c.template == rule.template,
+        messages.c.status.in_((PENDING, SENDING, SENT)),
+        messages.c.created_at > now - rule.every,
+    )
+
+
+def _as_datetime(value, settings: Settings) -> datetime | None:
+    """An anchor as an aware datetime (dates start at midnight in the practice's zone)."""
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+    return datetime.combine(value, time.min, settings.tz)
+
+
+def previous_period(kind: str, today: date) -> dict:
+    """The last complete calendar month or quarter before ``today``."""
+    if kind == "month":
+        end = today.replace(day=1) - timedelta(days=1)
+        start = end.replace(day=1)
+        return {"start": start, "end": end, "label": start.strftime("%B %Y"), "key": start.strftime("%Y-%m")}
+    quarter_start = date(today.year, 3 * ((today.month - 1) // 3) + 1, 1)
+    end = quarter_start - timedelta(days=1)
+    start = date(end.year, 3 * ((end.month - 1) // 3) + 1, 1)
+    label = f"{start.year} Q{(start.month - 1) // 3 + 1}"
+    return {"start": start, "end": end, "label": label, "key": label.replace(" ", "")}
+
+
+def _due_recurring_physician(conn: Connection, rule: Rule, settings: Settings, now: datetime) -> list[Draft]:
+    """Once per calendar period, to each physician with active referrals."""
+    assert rule.period is not None
+    period = previous_period(rule.period, now.astimezone(settings.tz).date())
+    if now.astimezone(settings.tz).date() - period["end"] > rule.max_age:
+        return []  # too late to be useful; the next period's summary will go
+    has_active = exists().where(clients.c.physician_id == physicians.c.id, clients.c.status == "active")
+    query = select(*_recipient_columns()).where(has_active).order_by(physicians.c.id)
+    candidates = [
+        (f"{rule.name}:physician:{row.physician_id}:{period['key']}", row) for row in conn.execute(query)
+    ]
+    return [
+        Draft(
+            rule=rule,
+            dedupe_key=key,
+            physician_id=row.physician_id,
+            recipient=row.email,
+            recipient_name=_recipient_name(row),
+            period=period,
+        )
+        for key, row in _not_yet_queued(conn, candidates)
+    ]
+
+
+def _not_yet_queued(conn: Connection, candidates: list[tuple[str, object]]) -> list[tuple[str, object]]:
+    new = []
+    for chunk in _chunks(candidates, CHUNK):
+        keys = [key for key, _ in chunk]
+        taken = set(
+            conn.execute(select(messages.c.dedupe_key).where(messages.c.dedupe_key.in_(keys))).scalars()
+        )
+        new += [(key, row) for key, row in chunk if key not in taken]
+    return new
+
+
+def _chunks(items: list, size: int) -> Iterator[list]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _physician_suppression(conn: Connection, draft: Draft) -> str | None:
+    if draft.rule.kind != "relationship":
+        return None
+    opted_out = conn.execute(
+        select(physicians.c.opted_out_on).where(physicians.c.id == draft.physician_id)
+    ).scalar()
+    if opted_out is not None:
+        return f"physician opted out of non-clinical mail on {opted_out}"
+    return None
+
+
+# --- queuing -------------------------------------------------------------------
+
+
+def plan(
+    engine: Engine,
+    settings: Settings,
+    rules: list[Rule],
+    renderer: Renderer,
+    now: datetime,
+) -> PlanReport:
+    """Queue every due email, rendered; record why any is suppressed or failed."""
+    report = PlanReport()
+    report.cancelled = cancel_for_discharged(engine, rules, now)
+    # Event rules first: a recurring report is not due when the same template
+    # was just queued for a milestone (a reassessment report resets the clock).
+    for rule in sorted(rules, key=lambda r: r.trigger != "event"):
+        with store.read(engine) as conn:
+            drafts = find_due(conn, [rule], settings, now)
+        for draft in drafts:
+            _queue(engine, settings, renderer, draft, now, report)
+    if report.total or report.cancelled:
+        log.info(
+            "planned: %d queued, %d suppressed, %d failed, %d cancelled",
+            len(report.queued), len(report.suppressed), len(report.failed), report.cancelled,
+        )  # fmt: skip
+    return report
+
+
+def _render_draft(engine: Engine, settings: Settings, renderer: Renderer, draft: Draft, now: datetime):
+    with store.read(engine) as conn:
+        if draft.client_id is not None:
+            context = client_context(conn, settings, draft.rule, draft.client_id, now, draft.event_id)
+        else:
+            context = physician_context(conn, settings, draft.rule, draft.physician_id, now, draft.period)
+            if context["cohort"]["size"] < MIN_COHORT and draft.suppress_reason is None:
+                draft.suppress_reason = f"fewer than {MIN_COHORT} clients: the summary could identify them"
+    return renderer.render(draft.rule.template, context)
+
+
+def _queue(
+    engine: Engine, settings: Settings, renderer: Renderer, draft: Draft, now: datetime, report: PlanReport
+) -> None:
+    error = None
+    try:
+        rendered = _render_draft(engine, settings, renderer, draft, now)
+        subject, html, text = rendered.subject, rendered.html, rendered.text
+    except RenderError as exc:
+        error = str(exc)
+        subject, html, text = f"(not rendered: {draft.rule.template})", "", ""
+    if error:
+        status, detail = FAILED, error
+    elif draft.suppress_reason:
+        status, detail = SUPPRESSED, draft.suppress_reason
+    else:
+        status, detail = PENDING, ""
+    row = {
+        "rule": draft.rule.name,
+        "template": draft.rule.template,
+        "dedupe_key": draft.dedupe_key,
+        "client_id": draft.client_id,
+        "physician_id": draft.physician_id,
+        "recipient": draft.recipient,
+        "recipient_name": draft.recipient_name,
+        "subject": subject,
+        "html": html,
+        "text": text,
+        "priority": draft.rule.priority,
+        "status": status,
+        "attempts": 0,
+        "next_attempt_at": now if status == PENDING else None,
+        "last_error": detail or None,
+        "message_id": f"<{uuid.uuid4().hex}@{settings.from_domain}>",
+        "created_at": now,
+        "updated_at": now,
+    }
+    with store.write(engine) as conn:
+        message_id = insert_message(conn, row)
+        if message_id is None:
+            return  # another planner queued it first
+        action = {PENDING: "queued", SUPPRESSED: "suppressed", FAILED: "failed"}[status]
+        conn.execute(
+            message_events.insert().values(message_id=message_id, at=now, action=action, detail=detail)
+        )
+    if status == PENDING:
+        report.queued.append(draft)
+    elif status == SUPPRESSED:
+        report.suppressed.append(draft)
+        log.info("message %s suppressed: %s", message_id, detail)
+    else:
+        report.failed.append((draft, detail))
+        log.error("message %s failed to render: %s", message_id, detail)
+
+
+def insert_message(conn: Connection, row: dict) -> int | None:
+    """Insert unless the dedupe key exists; the new id, or None on conflict."""
+    dialect = postgresql if store.is_postgres(conn) else sqlite
+    statement = (
+        dialect.insert(messages)
+        .values(**row)
+        .on_conflict_do_nothing(index_elements=["dedupe_key"])
+        .returning(messages.c.id)
+    )
+    return conn.execute(statement).scalar()
+
+
+def cancel_for_discharged(engine: Engine, rules: list[Rule], now: datetime) -> int:
+    """Recurring reports still waiting for a client who has been discharged are cancelled."""
+    recurring = [r.name for r in rules if r.scope == "client" and not r.event]
+    if not recurring:
+        return 0
+    with store.write(engine) as conn:
+        discharged = select(clients.c.id).where(clients.c.status == "discharged")
+        ids = list(
+            conn.execute(
+                select(messages.c.id).where(
+                    messages.c.status == PENDING,
+                    messages.c.rule.in_(recurring),
+                    messages.c.client_id.in_(discharged),
+                )
+            ).scalars()
+        )
+        if not ids:
+            return 0
+        conn.execute(update(messages).where(messages.c.id.in_(ids)).values(status=CANCELLED, updated_at=now))
+        conn.execute(
+            message_events.insert(),
+            [{"message_id": i, "at": now, "action": "cancelled", "detail": "client discharged"} for i in ids],
+        )
+    return len(ids)
+
+
+# --- preview -------------------------------------------------------------------
+
+
+def preview(
+    engine: Engine, settings: Settings, rule: Rule, renderer: Renderer, client_ref: str | None, now: datetime
+):
+    """Render what ``rule`` would send now for a client (or physician), queuing nothing."""
+    from outreach.errors import NotFound
+
+    with store.read(engine) as conn:
+        client = None
+        if client_ref is not None:
+            client = conn.execute(select(clients).where(clients.c.ref == client_ref)).first()
+            if client is None:
+                raise NotFound(f"no client with ref {client_ref!r}")
+        if rule.scope == "physician":
+            if client is None:
+                raise NotFound(
+                    f"rule {rule.name} is about a physician: name one of their clients with --client"
+                )
+            period = previous_period(rule.period or "quarter", now.astimezone(settings.tz).date())
+            context = physician_context(conn, settings, rule, client.physician_id, now, period)
+        else:
+            if client is None:
+                raise NotFound(f"rule {rule.name} is about a client: give --client REF")
+            event_id = None
+            if rule.event:
+                event_id = conn.execute(
+                    select(events.c.id)
+                    .where(events.c.client_id == client.id, events.c.kind == rule.event)
+                    .order_by(events.c.occurred_at.desc())
+                ).scalar()
+                if event_id is None:
+                    raise NotFound(f"client {client_ref} has no {rule.event} event to report on")
+            context = client_context(conn, settings, rule, client.id, now, event_id)
+    return renderer.render(rule.template, context)

@@ -1,0 +1,119 @@
+"""Templates in, email parts out: Jinja2 (strict, autoescaped) and CSS inlining.
+
+Each kind of email is a folder in the templates directory with three parts:
+``subject.txt``, ``body.html`` and ``body.txt``; the bodies extend the shared
+``_layout.html`` / ``_layout.txt`` (letterhead, sign-off, confidentiality
+notice). A missing variable is an error that names it, never "Dear ,".
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from datetime import date, datetime
+from pathlib import Path
+
+import jinja2
+from premailer import Premailer
+
+from outreach.errors import RenderError
+from outreach.instruments import format_change, format_score
+from outreach.rules import TEMPLATE_PARTS
+
+MAX_SUBJECT = 200
+
+
+@dataclass(frozen=True)
+class Rendered:
+    subject: str
+    html: str
+    text: str
+
+
+def _date(value: date | datetime | None, with_time: bool = False) -> str:
+    """Dates as ``26 Nov 2026``: unambiguous on both sides of the Atlantic."""
+    if value is None:
+        return "not recorded"
+    if with_time and isinstance(value, datetime):
+        return value.strftime("%d %b %Y %H:%M").lstrip("0")
+    return value.strftime("%d %b %Y").lstrip("0")
+
+
+def _pad(value: object, width: int) -> str:
+    """Left-align in a column, for tables in the plain-text part."""
+    return str(value).ljust(width)
+
+
+def make_environment(templates_dir: Path) -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(templates_dir)),
+        undefined=jinja2.StrictUndefined,
+        autoescape=jinja2.select_autoescape(enabled_extensions=("html",), default=False),
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+    env.filters.update(score=format_score, change=format_change, date=_date, pad=_pad)
+    return env
+
+
+def inline_css(html: str) -> str:
+    """Move ``<style>`` rules into ``style=`` attributes, as email clients need."""
+    return Premailer(
+        html,
+        allow_network=False,
+        strip_important=False,
+        remove_classes=False,
+        cssutils_logging_level=logging.CRITICAL,
+    ).transform()
+
+
+class Renderer:
+    """Renders one template folder against a context."""
+
+    def __init__(self, templates_dir: Path):
+        self.templates_dir = Path(templates_dir)
+        self.env = make_environment(self.templates_dir)
+
+    def render(self, template: str, context: dict) -> Rendered:
+        subject = self._render(template, "subject.txt", context)
+        subject = re.sub(r"\s+", " ", subject).strip()
+        if not subject:
+            raise RenderError(f"template {template}: subject is empty")
+        if len(subject) > MAX_SUBJECT:
+            raise RenderError(f"template {template}: subject is longer than {MAX_SUBJECT} characters")
+        html = inline_css(self._render(template, "body.html", context))
+        text = self._render(template, "body.txt", context)
+        return Rendered(subject=subject, html=html, text=_tidy_text(text))
+
+    def _render(self, template: str, part: str, context: dict) -> str:
+        name = f"{template}/{part}"
+        try:
+            return self.env.get_template(name).render(context)
+        except jinja2.TemplateNotFound as exc:
+            raise RenderError(f"template {template}: {exc.name} not found") from None
+        except jinja2.UndefinedError as exc:
+            raise RenderError(f"template {name}: {exc.message}") from None
+        except jinja2.TemplateSyntaxError as exc:
+            raise RenderError(f"template {exc.name or name}:{exc.lineno}: {exc.message}") from None
+        except (TypeError, ValueError, AttributeError) as exc:
+            raise RenderError(f"template {name}: {exc}") from None
+
+    def template_names(self) -> list[str]:
+        """Every folder that holds a complete email template."""
+        return sorted(
+            p.name
+            for p in self.templates_dir.iterdir()
+            if p.is_dir() and all((p / part).is_file() for part in TEMPLATE_PARTS)
+        )
+
+
+def _tidy_text(text: str) -> str:
+    """Trailing spaces off, at most one blank line in a row, one final newline."""
+    lines = [line.rstrip() for line in text.splitlines()]
+    tidy: list[str] = []
+    for line in lines:
+        if line or (tidy and tidy[-1]):
+            tidy.append(line)
+    return "\n".join(tidy).strip("\n") + "\n"

@@ -1,0 +1,189 @@
+"""The sent-message log: what went to whom, when, and what happened to it.
+
+Filtering happens in SQL (indexed columns), never by loading the log into
+Python, because a practice keeps years of it.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from datetime import date, datetime, time
+
+from sqlalchemy import Connection, select
+
+from outreach.errors import NotFound
+from outreach.models import MESSAGE_STATUSES, clients, message_events, messages, physicians
+
+LOG_FIELDS = (
+    "id",
+    "created_at",
+    "sent_at",
+    "status",
+    "rule",
+    "template",
+    "to",
+    "subject",
+    "client_ref",
+    "physician_email",
+    "attempts",
+    "last_error",
+    "message_id",
+    "priority",
+    "next_attempt_at",
+    "smtp_response",
+)
+
+
+def _log_query():
+    return select(
+        messages.c.id,
+        messages.c.created_at,
+        messages.c.sent_at,
+        messages.c.status,
+        messages.c.rule,
+        messages.c.template,
+        messages.c.recipient.label("to"),
+        messages.c.subject,
+        clients.c.ref.label("client_ref"),
+        physicians.c.email.label("physician_email"),
+        messages.c.attempts,
+        messages.c.last_error,
+        messages.c.message_id,
+        messages.c.priority,
+        messages.c.next_attempt_at,
+        messages.c.smtp_response,
+    ).select_from(messages.outerjoin(clients, clients.c.id == messages.c.client_id).outerjoin(
+        physicians, physicians.c.id == messages.c.physician_id
+    ))  # fmt: skip
+
+
+def list_messages(
+    conn: Connection,
+    status: str | None = None,
+    physician: str | None = None,
+    client: str | None = None,
+    since: date | datetime | None = None,
+    limit: int | None = 100,
+) -> list[dict]:
+    """Log entries, newest first, filtered in the database."""
+    query = _log_query()
+    if status:
+        if status not in MESSAGE_STATUSES:
+            raise NotFound(f"status {status!r} is not one of {', '.join(MESSAGE_STATUSES)}")
+        query = query.where(messages.c.status == status)
+    if physician:
+        pid = conn.execute(select(physicians.c.id).where(physicians.c.email == physician.lower())).scalar()
+        if pid is None:
+            raise NotFound(f"no physician with email {physician!r}")
+        query = query.where(messages.c.physician_id == pid)
+    if client:
+        cid = conn.execute(select(clients.c.id).where(clients.c.ref == client)).scalar()
+        if cid is None:
+            raise NotFound(f"no client with ref {client!r}")
+        query = query.where(messages.c.client_id == cid)
+    if since is not None:
+        query = query.where(messages.c.created_at >= since)
+    query = query.order_by(messages.c.created_at.desc(), messages.c.id.desc())
+    if limit:
+        query = query.limit(limit)
+    return [dict(row._mapping) for row in conn.execute(query)]
+
+
+def since_start(day: date, tz) -> datetime:
+    return datetime.combine(day, time.min, tz)
+
+
+def _plain(value: object) -> object:
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    return value
+
+
+def format_json(rows: list[dict]) -> str:
+    """A JSON array, one message object per line."""
+    if not rows:
+        return "[]"
+    lines = [json.dumps({k: _plain(v) for k, v in row.items()}, ensure_ascii=False) for row in rows]
+    return "[\n" + ",\n".join(lines) + "\n]"
+
+
+def format_csv(rows: list[dict]) -> str:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=LOG_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: _plain(v) if v is not None else "" for k, v in row.items()})
+    return out.getvalue().rstrip("\n")
+
+
+def format_table(rows: list[dict], tz) -> str:
+    if not rows:
+        return "(no messages)"
+    headers = ("ID", "QUEUED", "STATUS", "RULE", "TO", "SUBJECT", "TRIES", "NOTE")
+    table = []
+    for row in rows:
+        note = row["last_error"] or ""
+        if row["status"] == "sent" and row["sent_at"]:
+            note = f"sent {row['sent_at'].astimezone(tz):%Y-%m-%d %H:%M}"
+        table.append(
+            (
+                str(row["id"]),
+                f"{row['created_at'].astimezone(tz):%Y-%m-%d %H:%M}",
+                row["status"],
+                row["rule"],
+                row["to"],
+                _clip(row["subject"], 48),
+                str(row["attempts"]),
+                _clip(note, 60),
+            )
+        )
+    widths = [max(len(h), *(len(r[i]) for r in table)) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in table]
+    return "\n".join(lines)
+
+
+def _clip(text: str, width: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def show_message(conn: Connection, message_id: int, tz) -> str:
+    """One message whole: headers, the text part, and its attempt trail."""
+    row = conn.execute(select(messages).where(messages.c.id == message_id)).first()
+    if row is None:
+        raise NotFound(f"no message with id {message_id}")
+    ref = None
+    if row.client_id is not None:
+        ref = conn.execute(select(clients.c.ref).where(clients.c.id == row.client_id)).scalar()
+    trail = conn.execute(
+        select(message_events).where(message_events.c.message_id == message_id).order_by(message_events.c.id)
+    ).all()
+
+    def when(value: datetime | None) -> str:
+        return value.astimezone(tz).strftime("%Y-%m-%d %H:%M:%S %Z") if value else "-"
+
+    lines = [
+        f"Message {row.id}  [{row.status}]",
+        f"Rule:        {row.rule} (template {row.template})",
+        f"To:          {row.recipient_name} <{row.recipient}>",
+        f"Subject:     {row.subject}",
+        f"Message-ID:  {row.message_id}",
+        f"Client:      {ref or '-'}",
+        f"Priority:    {'urgent' if row.priority > 0 else 'normal'}",
+        f"Queued:      {when(row.created_at)}",
+        f"Sent:        {when(row.sent_at)}",
+        f"Attempts:    {row.attempts}",
+    ]
+    if row.status == "pending":
+        lines.append(f"Next try:    {when(row.next_attempt_at)}")
+    if row.last_error:
+        lines.append(f"Last error:  {row.last_error}")
+    if row.smtp_response:
+        lines.append(f"Server said: {row.smtp_response}")
+    lines += ["", "Trail:"]
+    lines += [f"  {when(t.at)}  {t.action:<10} {t.detail}".rstrip() for t in trail]
+    lines += ["", "Text part:", "", row.text.rstrip()]
+    return "\n".join(lines)

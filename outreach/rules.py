@@ -1,0 +1,246 @@
+"""Campaign rules: which email is due, for whom, and when (``campaigns/*.toml``).
+
+A rule file is written by a trainer, so validation is strict and every
+problem is reported as ``file: rule/key: message`` — unknown keys, unknown
+templates, unknown event kinds and bad durations are all errors.
+
+    [rules.progress_report]
+    when = { every = "30d", since = "initial_assessment" }
+    template = "progress_report"
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+from outreach.errors import RuleError
+from outreach.models import EVENT_KINDS, PRIORITIES
+
+RULE_KEYS = {
+    "description",
+    "when",
+    "template",
+    "to",
+    "delay",
+    "max_age",
+    "priority",
+    "consent_required",
+    "kind",
+    "enabled",
+}
+WHEN_KEYS = {"event", "every", "since", "scope"}
+CALENDAR_PERIODS = ("month", "quarter")
+ANCHORS = (*EVENT_KINDS, "referral_date")
+DURATION_RE = re.compile(r"^\s*(\d+)\s*(m|h|d|w)\s*$")
+DURATION_UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+TEMPLATE_PARTS = ("subject.txt", "body.html", "body.txt")
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    source: str
+    template: str
+    scope: str  # "client" or "physician"
+    event: str | None = None  # event-triggered
+    every: timedelta | None = None  # recurring by duration
+    period: str | None = None  # recurring by calendar period (physician scope)
+    since: str | None = None  # anchor of a client-level recurring rule
+    delay: timedelta = timedelta(0)
+    max_age: timedelta = timedelta(days=30)
+    priority: int = PRIORITIES["normal"]
+    consent_required: bool = True
+    kind: str = "clinical"  # or "relationship"
+    description: str = ""
+
+    @property
+    def trigger(self) -> str:
+        return "event" if self.event else "every"
+
+
+def parse_duration(text: object) -> timedelta:
+    """``"30d"``, ``"2w"``, ``"12h"``, ``"15m"`` as a timedelta; ValueError otherwise."""
+    match = DURATION_RE.match(text) if isinstance(text, str) else None
+    if not match:
+        raise ValueError(f"{text!r} is not a duration like 30d, 2w, 12h or 15m")
+    return timedelta(**{DURATION_UNITS[match[2]]: int(match[1])})
+
+
+def template_exists(templates_dir: Path, name: str) -> bool:
+    folder = templates_dir / name
+    return all((folder / part).is_file() for part in TEMPLATE_PARTS)
+
+
+def load_rules(campaigns_dir: Path, templates_dir: Path) -> list[Rule]:
+    """Every enabled rule in the folder; raises RuleError listing every problem."""
+    rules, problems = check_rules(campaigns_dir, templates_dir)
+    if problems:
+        raise RuleError(problems)
+    return rules
+
+
+def check_rules(campaigns_dir: Path, templates_dir: Path) -> tuple[list[Rule], list[str]]:
+    """Parse all rule files; returns the valid rules and a list of problems."""
+    files = sorted(Path(campaigns_dir).glob("*.toml"))
+    if not files:
+        return [], [f"{campaigns_dir}: no rule files (*.toml) found"]
+    rules: list[Rule] = []
+    problems: list[str] = []
+    seen: dict[str, str] = {}
+    for path in files:
+        file_rules, file_problems = _parse_file(path, templates_dir)
+        problems += file_problems
+        for rule in file_rules:
+            if rule.name in seen:
+                problems.append(f"{path}: {rule.name}: rule name already used in {seen[rule.name]}")
+                continue
+            seen[rule.name] = str(path)
+            rules.append(rule)
+    return rules, problems
+
+
+def _parse_file(path: Path, templates_dir: Path) -> tuple[list[Rule], list[str]]:
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        return [], [f"{path}: not valid TOML: {exc}"]
+    problems = [f"{path}: {key}: unknown top-level key (rules go under [rules.NAME])"
+                for key in data if key != "rules"]  # fmt: skip
+    table = data.get("rules", {})
+    if not isinstance(table, dict):
+        return [], [*problems, f"{path}: rules: must be a table of [rules.NAME] sections"]
+    rules = []
+    for name, body in table.items():
+        builder = _RuleBuilder(path, name, templates_dir)
+        rule = builder.build(body)
+        problems += builder.problems
+        if rule is not None and not builder.problems:
+            rules.append(rule)
+    return rules, problems
+
+
+class _RuleBuilder:
+    """Validates one ``[rules.NAME]`` table, collecting every problem."""
+
+    def __init__(self, path: Path, name: str, templates_dir: Path):
+        self.path, self.name, self.templates_dir = path, name, templates_dir
+        self.problems: list[str] = []
+
+    def problem(self, key: str, message: str) -> None:
+        self.problems.append(f"{self.path}: {self.name}/{key}: {message}")
+
+    def build(self, body: object) -> Rule | None:
+        if not re.fullmatch(r"[a-z0-9_]+", self.name):
+            self.problem("name", "rule names use lower-case letters, digits and _ only")
+        if not isinstance(body, dict):
+            self.problem("rule", "must be a table")
+            return None
+        for key in sorted(set(body) - RULE_KEYS):
+            self.problem(key, f"unknown key (allowed: {', '.join(sorted(RULE_KEYS))})")
+        if body.get("enabled", True) is False:
+            return None
+        fields = self._when(body.get("when"))
+        fields["template"] = self._template(body.get("template"))
+        fields["delay"] = self._duration(body, "delay", timedelta(0))
+        fields["max_age"] = self._duration(body, "max_age", timedelta(days=30))
+        fields["priority"] = self._choice(body, "priority", "normal", tuple(PRIORITIES))
+        fields["priority"] = PRIORITIES.get(fields["priority"], 0)
+        if body.get("to", "physician") != "physician":
+            self.problem("to", "only 'physician' (the referring physician) is supported")
+        scope = fields.get("scope", "client")
+        default_kind = "clinical" if scope == "client" else "relationship"
+        fields["kind"] = self._choice(body, "kind", default_kind, ("clinical", "relationship"))
+        fields["consent_required"] = self._bool(body, "consent_required", scope == "client")
+        fields["description"] = str(body.get("description", ""))
+        for key in ("enabled",):
+            if key in body and not isinstance(body[key], bool):
+                self.problem(key, "must be true or false")
+        if self.problems:
+            return None
+        return Rule(name=self.name, source=str(self.path), **fields)
+
+    def _when(self, when: object) -> dict:
+        if not isinstance(when, dict):
+            self.problem("when", 'missing or not a table, e.g. when = { event = "discharged" }')
+            return {}
+        for key in sorted(set(when) - WHEN_KEYS):
+            self.problem(f"when.{key}", f"unknown key (allowed: {', '.join(sorted(WHEN_KEYS))})")
+        scope = when.get("scope", "client")
+        if scope not in ("client", "physician"):
+            self.problem("when.scope", f"{scope!r} is not 'client' or 'physician'")
+            scope = "client"
+        if ("event" in when) == ("every" in when):
+            self.problem("when", "give exactly one of 'event' or 'every'")
+            return {"scope": scope}
+        if "event" in when:
+            return self._when_event(when, scope)
+        return self._when_every(when, scope)
+
+    def _when_event(self, when: dict, scope: str) -> dict:
+        kind = when["event"]
+        if kind not in EVENT_KINDS:
+            self.problem("when.event", f"unknown event kind {kind!r} (known: {', '.join(EVENT_KINDS)})")
+        if scope != "client" or "since" in when:
+            self.problem("when", "an event rule is about one client: no 'scope' or 'since'")
+        return {"scope": "client", "event": kind}
+
+    def _when_every(self, when: dict, scope: str) -> dict:
+        every = when["every"]
+        if scope == "physician":
+            if "since" in when:
+                self.problem("when.since", "a physician-level rule has no 'since'")
+            if every in CALENDAR_PERIODS:
+                return {"scope": scope, "period": every}
+            self.problem(
+                "when.every", f"physician-level rules recur every 'month' or 'quarter', not {every!r}"
+            )
+            return {"scope": scope}
+        since = when.get("since", "initial_assessment")
+        if since not in ANCHORS:
+            self.problem("when.since", f"unknown anchor {since!r} (an event kind or referral_date)")
+        try:
+            interval = parse_duration(every)
+        except ValueError as exc:
+            self.problem("when.every", str(exc))
+            return {"scope": scope}
+        if interval < timedelta(days=1):
+            self.problem("when.every", "must be at least 1d")
+        return {"scope": scope, "every": interval, "since": since}
+
+    def _template(self, name: object) -> str:
+        if not isinstance(name, str) or not name:
+            self.problem("template", "missing: name a folder in the templates directory")
+            return ""
+        if not template_exists(self.templates_dir, name):
+            parts = ", ".join(TEMPLATE_PARTS)
+            self.problem(
+                "template", f"unknown template {name!r} (needs {parts} in {self.templates_dir / name})"
+            )
+        return name
+
+    def _duration(self, body: dict, key: str, default: timedelta) -> timedelta:
+        if key not in body:
+            return default
+        try:
+            return parse_duration(body[key])
+        except ValueError as exc:
+            self.problem(key, str(exc))
+            return default
+
+    def _choice(self, body: dict, key: str, default: str, allowed: tuple[str, ...]) -> str:
+        value = body.get(key, default)
+        if value not in allowed:
+            self.problem(key, f"{value!r} is not one of {', '.join(allowed)}")
+            return default
+        return value
+
+    def _bool(self, body: dict, key: str, default: bool) -> bool:
+        value = body.get(key, default)
+        if not isinstance(value, bool):
+            self.problem(key, "must be true or false")
+            return default
+        return value

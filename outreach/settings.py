@@ -1,0 +1,257 @@
+"""Deployment settings, read from ``OUTREACH_*`` environment variables.
+
+``.env`` is loaded by the CLI entry point only (see ``cli.main``), never here,
+so the library and its tests see exactly the environment they are given.
+Every key, its default and its meaning is listed in ``.env.example``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+from outreach.errors import SettingsError
+
+BACKENDS = ("smtp", "file", "console")
+SECURITY_MODES = ("starttls", "ssl", "none")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+EMAIL_RE = re.compile(r"^[^@\s<>,;:\"()\[\]]+@[^@\s<>,;:\"()\[\]]+\.[^@\s<>,;:\"()\[\]]+$")
+
+# The checkout this package lives in: campaigns/ and templates/ sit beside it.
+SOURCE_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Secret:
+    """A value that never shows itself in repr, str or logs."""
+
+    def __init__(self, value: str):
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+    def __repr__(self) -> str:
+        return "Secret('********')" if self._value else "Secret('')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str = "sqlite:///outreach.db"
+    email_backend: str = "file"
+    outbox_dir: Path = Path("outbox")
+    smtp_host: str = "localhost"
+    smtp_port: int = 587
+    smtp_username: str = ""
+    smtp_password: Secret = field(default_factory=lambda: Secret(""))
+    smtp_security: str = "starttls"
+    smtp_timeout: float = 30.0
+    smtp_ca_file: Path | None = None
+    smtp_allow_insecure: bool = False
+    from_addr: str = "updates@practice.example"
+    reply_to: str = ""
+    practice_name: str = "Demo Post-Rehab Practice"
+    practice_address: str = "1 Example Street, Springfield"
+    practice_phone: str = ""
+    sender_name: str = "Alex Morgan"
+    sender_credentials: str = "MS, CEP"
+    timezone: str = "UTC"
+    campaigns_dir: Path = Path("campaigns")
+    templates_dir: Path = Path("templates/email")
+    max_attempts: int = 8
+    retry_base_seconds: int = 60
+    retry_max_seconds: int = 6 * 3600
+    lease_seconds: int = 300
+    batch_size: int = 50
+    tick_seconds: int = 60
+    log_level: str = "INFO"
+
+    @property
+    def tz(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+    @property
+    def from_domain(self) -> str:
+        return self.from_addr.rpartition("@")[2]
+
+    def with_(self, **changes: object) -> Settings:
+        return replace(self, **changes)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Read and validate every ``OUTREACH_*`` key; the first bad one raises."""
+        env = os.environ if env is None else env
+        reader = _Reader(env)
+        settings = cls(
+            database_url=reader.url("DATABASE_URL", cls.database_url),
+            email_backend=reader.choice("EMAIL_BACKEND", cls.email_backend, BACKENDS),
+            outbox_dir=Path(reader.text("OUTBOX_DIR", str(cls.outbox_dir))),
+            smtp_host=reader.text("SMTP_HOST", cls.smtp_host),
+            smtp_port=reader.integer("SMTP_PORT", cls.smtp_port, 1, 65535),
+            smtp_username=reader.text("SMTP_USERNAME", ""),
+            smtp_password=Secret(env.get("OUTREACH_SMTP_PASSWORD", "")),
+            smtp_security=reader.choice("SMTP_SECURITY", cls.smtp_security, SECURITY_MODES),
+            smtp_timeout=reader.number("SMTP_TIMEOUT", cls.smtp_timeout),
+            smtp_ca_file=reader.optional_file("SMTP_CA_FILE"),
+            smtp_allow_insecure=reader.boolean("SMTP_ALLOW_INSECURE", False),
+            from_addr=reader.email("FROM", cls.from_addr),
+            reply_to=reader.email("REPLY_TO", "", required=False),
+            practice_name=reader.text("PRACTICE_NAME", cls.practice_name),
+            practice_address=reader.text("PRACTICE_ADDRESS", cls.practice_address),
+            practice_phone=reader.text("PRACTICE_PHONE", ""),
+            sender_name=reader.text("SENDER_NAME", cls.sender_name),
+            sender_credentials=reader.text("SENDER_CREDENTIALS", cls.sender_credentials),
+            timezone=reader.timezone("TIMEZONE", cls.timezone),
+            campaigns_dir=reader.directory("CAMPAIGNS_DIR", "campaigns"),
+            templates_dir=reader.directory("TEMPLATES_DIR", "templates/email"),
+            max_attempts=reader.integer("MAX_ATTEMPTS", cls.max_attempts, 1, 100),
+            retry_base_seconds=reader.integer("RETRY_BASE_SECONDS", cls.retry_base_seconds, 1),
+            retry_max_seconds=reader.integer("RETRY_MAX_SECONDS", cls.retry_max_seconds, 1),
+            lease_seconds=reader.integer("LEASE_SECONDS", cls.lease_seconds, 5),
+            batch_size=reader.integer("BATCH_SIZE", cls.batch_size, 1, 10_000),
+            tick_seconds=reader.integer("TICK_SECONDS", cls.tick_seconds, 1, 86_400),
+            log_level=reader.choice("LOG_LEVEL", cls.log_level, LOG_LEVELS, upper=True),
+        )
+        return settings
+
+
+def default_dir(relative: str) -> Path:
+    """A folder relative to the working directory, else the one in this checkout."""
+    here = Path(relative)
+    if here.is_dir():
+        return here
+    return SOURCE_ROOT / relative
+
+
+class _Reader:
+    """Turns raw strings into typed values; each error names its key."""
+
+    def __init__(self, env: Mapping[str, str]):
+        self.env = env
+
+    def raw(self, key: str) -> str | None:
+        value = self.env.get(f"OUTREACH_{key}")
+        if value is None or value.strip() == "":
+            return None
+        return value.strip()
+
+    def fail(self, key: str, problem: str) -> SettingsError:
+        return SettingsError(f"OUTREACH_{key}: {problem}")
+
+    def text(self, key: str, default: str) -> str:
+        value = self.raw(key)
+        if value is None:
+            return default
+        if any(ch in value for ch in "\r\n"):
+            raise self.fail(key, "must be a single line")
+        return value
+
+    def choice(self, key: str, default: str, allowed: tuple[str, ...], upper: bool = False) -> str:
+        value = self.raw(key)
+        if value is None:
+            return default
+        value = value.upper() if upper else value.lower()
+        if value not in allowed:
+            raise self.fail(key, f"{value!r} is not one of {', '.join(allowed)}")
+        return value
+
+    def integer(self, key: str, default: int, low: int = 0, high: int | None = None) -> int:
+        value = self.raw(key)
+        if value is None:
+            return default
+        try:
+            number = int(value)
+        except ValueError:
+            raise self.fail(key, f"{value!r} is not a whole number") from None
+        if number < low or (high is not None and number > high):
+            upper = f" and {high}" if high is not None else ""
+            raise self.fail(key, f"{number} is out of range (between {low}{upper})")
+        return number
+
+    def number(self, key: str, default: float) -> float:
+        value = self.raw(key)
+        if value is None:
+            return default
+        try:
+            number = float(value)
+        except ValueError:
+            raise self.fail(key, f"{value!r} is not a number of seconds") from None
+        if not 0 < number <= 600:
+            raise self.fail(key, f"{value} is out of range (0 to 600 seconds)")
+        return number
+
+    def boolean(self, key: str, default: bool) -> bool:
+        value = self.raw(key)
+        if value is None:
+            return default
+        lowered = value.lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        raise self.fail(key, f"{value!r} is not true or false")
+
+    def url(self, key: str, default: str) -> str:
+        value = self.raw(key)
+        if value is None:
+            return default
+        try:
+            url = make_url(value)
+        except ArgumentError:
+            raise self.fail(key, "is not a database URL like sqlite:///outreach.db") from None
+        if url.get_backend_name() not in ("sqlite", "postgresql"):
+            raise self.fail(key, f"database {url.get_backend_name()!r} is not supported")
+        return value
+
+    def email(self, key: str, default: str, required: bool = True) -> str:
+        value = self.raw(key)
+        if value is None:
+            return default
+        if not EMAIL_RE.match(value):
+            raise self.fail(key, f"{value!r} is not an email address")
+        return value
+
+    def timezone(self, key: str, default: str) -> str:
+        value = self.raw(key)
+        if value is None:
+            return default
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise self.fail(key, f"{value!r} is not an IANA time zone") from None
+        return value
+
+    def directory(self, key: str, default: str) -> Path:
+        value = self.raw(key)
+        if value is None:
+            return default_dir(default)
+        path = Path(value)
+        if not path.is_dir():
+            raise self.fail(key, f"folder {value!r} does not exist")
+        return path
+
+    def optional_file(self, key: str) -> Path | None:
+        value = self.raw(key)
+        if value is None:
+            return None
+        path = Path(value)
+        if not path.is_file():
+            raise self.fail(key, f"file {value!r} does not exist")
+        return path

@@ -1,0 +1,154 @@
+"""Shared fixtures: real SQLite files, real SMTP servers, the CLI runner."""
+
+from __future__ import annotations
+
+import os
+import ssl
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+import trustme
+from click.testing import CliRunner
+
+from outreach import store
+from outreach.cli import cli
+from outreach.demo import load_demo
+from outreach.settings import Settings
+from tests.smtp_server import PASSWORD, USERNAME, SMTPServer
+
+ROOT = Path(__file__).resolve().parent.parent
+NOW = datetime(2026, 11, 25, 15, 0, tzinfo=UTC)  # a Wednesday, 10:00 in New York
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    """Defaults pointing at this checkout's rules and templates and a fresh SQLite file."""
+    return Settings(
+        database_url=f"sqlite:///{tmp_path / 'outreach.db'}",
+        outbox_dir=tmp_path / "outbox",
+        campaigns_dir=ROOT / "campaigns",
+        templates_dir=ROOT / "templates" / "email",
+        timezone="America/New_York",
+        from_addr="updates@rehab.example.org",
+        practice_name="Summit Post-Rehab",
+        practice_address="12 Main Street, Springfield",
+        sender_name="Alex Morgan",
+        sender_credentials="MS, ACSM-CEP",
+        retry_base_seconds=60,
+    )
+
+
+@pytest.fixture
+def engine(settings: Settings):
+    engine = store.connect(settings.database_url)
+    store.migrate(engine)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def demo_engine(engine, settings: Settings, tmp_path: Path):
+    """The database with the demo practice loaded, dated relative to NOW."""
+    load_demo(engine, settings, tmp_path / "demo-csv", NOW)
+    return engine
+
+
+@pytest.fixture
+def smtp_server():
+    server = SMTPServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def tls_ca() -> trustme.CA:
+    return trustme.CA()
+
+
+@pytest.fixture
+def tls_smtp_server(tls_ca: trustme.CA):
+    """STARTTLS required, AUTH required, certificate signed by a test CA."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls_ca.issue_cert("localhost", "127.0.0.1").configure_cert(context)
+    server = SMTPServer(tls_context=context).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def ca_file(tls_ca: trustme.CA, tmp_path: Path) -> Path:
+    path = tmp_path / "ca.pem"
+    tls_ca.cert_pem.write_to_path(str(path))
+    return path
+
+
+def smtp_settings(settings: Settings, server: SMTPServer, **changes) -> Settings:
+    values = {
+        "email_backend": "smtp",
+        "smtp_host": "127.0.0.1",
+        "smtp_port": server.port,
+        "smtp_security": "none",
+        "smtp_timeout": 5.0,
+    }
+    values.update(changes)
+    return settings.with_(**values)
+
+
+def tls_settings(settings: Settings, server: SMTPServer, ca_file: Path, **changes) -> Settings:
+    from outreach.settings import Secret
+
+    values = {
+        "smtp_host": "localhost",
+        "smtp_security": "starttls",
+        "smtp_username": USERNAME,
+        "smtp_password": Secret(PASSWORD),
+        "smtp_ca_file": ca_file,
+    }
+    values.update(changes)
+    return smtp_settings(settings, server, **values)
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The OUTREACH_* environment that produces these settings (for CLI tests)."""
+    env = {
+        "OUTREACH_DATABASE_URL": settings.database_url,
+        "OUTREACH_EMAIL_BACKEND": settings.email_backend,
+        "OUTREACH_OUTBOX_DIR": str(settings.outbox_dir),
+        "OUTREACH_CAMPAIGNS_DIR": str(settings.campaigns_dir),
+        "OUTREACH_TEMPLATES_DIR": str(settings.templates_dir),
+        "OUTREACH_TIMEZONE": settings.timezone,
+        "OUTREACH_FROM": settings.from_addr,
+        "OUTREACH_PRACTICE_NAME": settings.practice_name,
+        "OUTREACH_SENDER_NAME": settings.sender_name,
+        "OUTREACH_SENDER_CREDENTIALS": settings.sender_credentials,
+        "OUTREACH_SMTP_HOST": settings.smtp_host,
+        "OUTREACH_SMTP_PORT": str(settings.smtp_port),
+        "OUTREACH_SMTP_SECURITY": settings.smtp_security,
+        "OUTREACH_SMTP_TIMEOUT": str(settings.smtp_timeout),
+        "OUTREACH_SMTP_USERNAME": settings.smtp_username,
+        "OUTREACH_SMTP_PASSWORD": settings.smtp_password.reveal(),
+    }
+    if settings.smtp_ca_file:
+        env["OUTREACH_SMTP_CA_FILE"] = str(settings.smtp_ca_file)
+    return env
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch):
+    """No OUTREACH_* variable from the machine leaks into a test."""
+    for key in list(os.environ):
+        if key.startswith("OUTREACH_"):
+            monkeypatch.delenv(key)
+
+
+@pytest.fixture
+def run_cli(settings: Settings):
+    """Invoke the CLI in-process with the environment for ``settings`` (or given ones)."""
+
+    def invoke(*args: str, env_settings: Settings | None = None, extra_env: dict | None = None):
+        env = settings_env(env_settings or settings)
+        env.update(extra_env or {})
+        return CliRunner().invoke(cli, list(args), env=env, catch_exceptions=False)
+
+    return invoke

@@ -1,0 +1,61 @@
+"""Small builders for rows the tests need (queued messages, physicians)."""
+
+from __future__ import annotations
+
+import uuid
+from itertools import count
+
+from outreach import store
+from outreach.models import PENDING, message_events, messages
+from outreach.planner import insert_message
+from tests.conftest import NOW
+
+_serial = count(1)
+
+
+def queue_message(engine, **overrides) -> int:
+    """Insert one pending message straight into the outbox; returns its id."""
+    n = next(_serial)
+    row = {
+        "rule": "test_rule",
+        "template": "progress_report",
+        "dedupe_key": f"test:{uuid.uuid4().hex}",
+        "client_id": None,
+        "physician_id": None,
+        "recipient": f"doctor{n}@clinic.example.org",
+        "recipient_name": f"Dr Test {n}, MD",
+        "subject": f"Progress report {n}",
+        "html": f"<html><body><p>Report {n}</p></body></html>",
+        "text": f"Report {n}\n",
+        "priority": 0,
+        "status": PENDING,
+        "attempts": 0,
+        "next_attempt_at": NOW,
+        "message_id": f"<{uuid.uuid4().hex}@rehab.example.org>",
+        "created_at": NOW,
+        "updated_at": NOW,
+    }
+    row.update(overrides)
+    with store.write(engine) as conn:
+        message_id = insert_message(conn, row)
+        conn.execute(message_events.insert().values(message_id=message_id, at=NOW, action="queued", detail=""))
+    return message_id
+
+
+def message(engine, message_id: int):
+    from sqlalchemy import select
+
+    with store.read(engine) as conn:
+        return conn.execute(select(messages).where(messages.c.id == message_id)).one()
+
+
+def trail(engine, message_id: int) -> list[tuple[str, str]]:
+    from sqlalchemy import select
+
+    with store.read(engine) as conn:
+        rows = conn.execute(
+            select(message_events.c.action, message_events.c.detail)
+            .where(message_events.c.message_id == message_id)
+            .order_by(message_events.c.id)
+        )
+        return [(r.action, r.detail) for r in rows]

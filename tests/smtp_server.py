@@ -1,0 +1,102 @@
+"""A real SMTP server for tests (aiosmtpd in a thread), plain or STARTTLS with AUTH.
+
+Replies can be scripted per message (``script``), so tests can make the
+server answer 451 or 550, drop the connection, or stall.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email
+import email.policy
+import socket
+import ssl
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+from email.message import EmailMessage
+
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult, LoginPassword
+
+USERNAME, PASSWORD = "clinic-sender", "s3cret-Pa55word-XYZZY"
+
+
+def free_port() -> int:
+    """aiosmtpd's Controller cannot take port 0: ask the OS for a free one first."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class Received:
+    mail_from: str
+    rcpt_tos: list[str]
+    data: bytes
+
+    @property
+    def message(self) -> EmailMessage:
+        return email.message_from_bytes(self.data, policy=email.policy.default)
+
+
+@dataclass
+class Handler:
+    """Records what arrives; answers from ``script`` first, then 250."""
+
+    received: list[Received] = field(default_factory=list)
+    script: deque = field(default_factory=deque)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    async def handle_DATA(self, server, session, envelope):
+        action = self.script.popleft() if self.script else None
+        if action == "drop":
+            server.transport.close()
+            return "421 closing"  # never seen: the connection is gone
+        if isinstance(action, tuple) and action[0] == "stall":
+            await asyncio.sleep(action[1])
+            return "451 too slow"
+        if action is not None:
+            return action
+        with self.lock:
+            self.received.append(Received(envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content))
+        return "250 2.0.0 OK: queued"
+
+
+def _authenticator(server, session, envelope, mechanism, auth_data):
+    ok = (
+        isinstance(auth_data, LoginPassword)
+        and auth_data.login == USERNAME.encode()
+        and auth_data.password == PASSWORD.encode()
+    )
+    # handled=False on failure too, or aiosmtpd leaves the client waiting.
+    return AuthResult(success=ok, handled=False)
+
+
+class SMTPServer:
+    def __init__(self, tls_context: ssl.SSLContext | None = None):
+        self.handler = Handler()
+        self.port = free_port()
+        kwargs = {}
+        if tls_context is not None:
+            kwargs = {
+                "tls_context": tls_context,
+                "require_starttls": True,
+                "authenticator": _authenticator,
+                "auth_required": True,
+            }
+        self.controller = Controller(self.handler, hostname="127.0.0.1", port=self.port, **kwargs)
+
+    @property
+    def received(self) -> list[Received]:
+        return self.handler.received
+
+    def start(self) -> SMTPServer:
+        self.controller.start()
+        self.running = True
+        return self
+
+    def stop(self) -> None:
+        if getattr(self, "running", False):
+            self.controller.stop()
+            self.running = False

@@ -1,0 +1,83 @@
+"""Leases, stopping mid-batch and ordering: the dispatcher's own promises."""
+
+from __future__ import annotations
+
+import threading
+from datetime import timedelta
+
+from outreach.backends.base import Backend
+from outreach.dispatcher import claim, send_due
+from outreach.models import PENDING, SENDING, SENT
+from tests.conftest import NOW
+from tests.factories import message, queue_message, trail
+
+
+class Recorder(Backend):
+    """A backend that keeps what it was given (the dispatcher's view, no network)."""
+
+    def __init__(self, on_send=None):
+        self.sent = []
+        self.on_send = on_send
+
+    def send(self, msg, sender, recipient):
+        self.sent.append(msg)
+        if self.on_send:
+            self.on_send(len(self.sent))
+        return "250 recorded"
+
+
+def test_a_crashed_claim_goes_back_to_the_queue_with_the_same_message_id(engine, settings):
+    message_id = queue_message(engine)
+    original = message(engine, message_id).message_id
+    [row] = claim(engine, settings, 10, NOW, "worker-that-dies")
+    assert message(engine, message_id).status == SENDING
+
+    backend = Recorder()
+    before_expiry = send_due(engine, settings, backend, lambda: NOW + timedelta(seconds=10))
+    assert before_expiry.sent == [] and backend.sent == []
+
+    after = NOW + timedelta(seconds=settings.lease_seconds + 1)
+    report = send_due(engine, settings, backend, lambda: after)
+    assert report.released == 1 and report.sent == [message_id]
+    assert backend.sent[0]["Message-ID"] == original
+    assert "released" in [action for action, _ in trail(engine, message_id)]
+
+
+def test_stop_finishes_the_message_in_flight_and_leaves_the_rest_queued(engine, settings):
+    ids = [queue_message(engine) for _ in range(5)]
+    stop = threading.Event()
+    backend = Recorder(on_send=lambda n: stop.set() if n == 2 else None)
+    report = send_due(engine, settings, backend, lambda: NOW, stop=stop)
+    assert report.sent == ids[:2]
+    assert [message(engine, i).status for i in ids] == [SENT, SENT, PENDING, PENDING, PENDING]
+    assert all(message(engine, i).attempts == 0 for i in ids[2:])
+
+
+def test_urgent_messages_leave_first(engine, settings):
+    normal = [queue_message(engine) for _ in range(3)]
+    urgent = queue_message(engine, priority=10)
+    backend = Recorder()
+    report = send_due(engine, settings, backend, lambda: NOW)
+    assert report.sent[0] == urgent and sorted(report.sent[1:]) == normal
+    assert backend.sent[0]["Importance"] == "high"
+
+
+def test_not_before_holds_a_message_until_its_time(engine, settings):
+    later = queue_message(engine, not_before=NOW + timedelta(hours=3))
+    assert send_due(engine, settings, Recorder(), lambda: NOW).sent == []
+    assert send_due(engine, settings, Recorder(), lambda: NOW + timedelta(hours=3)).sent == [later]
+
+
+def test_limit_caps_one_send(engine, settings):
+    for _ in range(4):
+        queue_message(engine)
+    assert len(send_due(engine, settings, Recorder(), lambda: NOW, limit=3).sent) == 3
+    assert len(send_due(engine, settings, Recorder(), lambda: NOW).sent) == 1
+
+
+def test_two_workers_never_claim_the_same_message(engine, settings):
+    ids = {queue_message(engine) for _ in range(6)}
+    first = {row.id for row in claim(engine, settings, 4, NOW, "a")}
+    second = {row.id for row in claim(engine, settings, 4, NOW, "b")}
+    assert first and second and not first & second
+    assert first | second == ids
