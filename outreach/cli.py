@@ -12,7 +12,6 @@ import logging
 import shutil
 import signal
 import sys
-import threading
 from datetime import datetime
 from pathlib import Path
 
@@ -22,7 +21,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from outreach import store
 from outreach.checks import check_all
-from outreach.daemon import Service, make_clock, run_forever
+from outreach.daemon import Control, Service, make_clock, run_forever
 from outreach.demo import load_demo
 from outreach.errors import ImportFileError, NotFound, OutreachError
 from outreach.importer import (
@@ -95,6 +94,11 @@ class Env:
             self._engine = store.connect(self.settings.database_url)
         return self._engine
 
+    def dispose(self) -> None:
+        if self._engine is not None:
+            self._engine.dispose()
+            self._engine = None
+
     def ready_engine(self):
         store.require_current(self.engine)
         return self.engine
@@ -129,7 +133,7 @@ def setup_logging(level: str) -> None:
 @click.pass_context
 def cli(ctx: click.Context):
     """Keep referring physicians informed: milestone in, clinically worded email out."""
-    ctx.ensure_object(Env)
+    ctx.call_on_close(ctx.ensure_object(Env).dispose)
 
 
 @cli.command()
@@ -308,13 +312,43 @@ def run(env: Env, once: bool, now: str | None):
         click.echo(f"planned {len(plan_report.queued)} new email(s)")
         _print_send(send_report)
         return
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    run_forever(service, clock, stop)
+    control = Control()
+    signal.signal(signal.SIGTERM, control.request_stop)
+    signal.signal(signal.SIGINT, control.request_stop)
+    signal.signal(signal.SIGHUP, control.request_reload)
+    run_forever(service, clock, control)
 
 
-@cli.group(invoke_without_command=True)
+@cli.command("status")
+@now_option
+@pass_env
+def status_(env: Env, now: str | None):
+    """Is the service alive and delivering? Exits 1 if not (for monitors)."""
+    from outreach.status import format_health, health
+
+    with store.read(env.ready_engine()) as conn:
+        report = health(conn, env.now(now), env.settings.tick_seconds)
+    click.echo(format_health(report, env.settings.tz))
+    if not report.ok:
+        sys.exit(1)
+
+
+@cli.command()
+@click.argument("message_ids", metavar="[ID]...", nargs=-1, type=int)
+@click.option("--all-failed", is_flag=True, help="Retry every failed message.")
+@now_option
+@pass_env
+def retry(env: Env, message_ids: tuple[int, ...], all_failed: bool, now: str | None):
+    """Send failed messages again (same content, same Message-ID)."""
+    from outreach.dispatcher import retry_failed
+
+    if not message_ids and not all_failed:
+        raise click.UsageError("give message IDs or --all-failed")
+    count = retry_failed(env.ready_engine(), env.now(now), None if all_failed else list(message_ids))
+    click.echo(f"{count} message(s) queued again")
+
+
+@cli.group("log", invoke_without_command=True)
 @click.option("--status", help="Only messages in this state (pending, sent, failed, suppressed, …).")
 @click.option("--physician", metavar="EMAIL", help="Only messages to this physician.")
 @click.option("--client", metavar="REF", help="Only messages about this client.")
@@ -338,10 +372,6 @@ def log_(ctx, status, physician, client, since, fmt, limit):
         )
     output = {"json": format_json, "csv": format_csv}.get(fmt)
     click.echo(output(rows) if output else format_table(rows, tz))
-
-
-log_.name = "log"
-cli.add_command(log_, "log")
 
 
 @log_.command("show")
@@ -397,6 +427,7 @@ def demo(env: Env, folder: Path, now: str | None):
     Nothing is emailed: the demo always writes .eml files to DIR/outbox,
     whatever OUTREACH_EMAIL_BACKEND says.
     """
+    moment = env.now(now)  # before anything is deleted: a typo must not cost the old demo
     if folder.exists():
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
@@ -405,7 +436,6 @@ def demo(env: Env, folder: Path, now: str | None):
         email_backend="file",
         outbox_dir=folder / "outbox",
     )
-    moment = env.now(now)
     engine = store.connect(settings.database_url)
     store.migrate(engine)
     load_demo(engine, settings, folder / "csv", moment)

@@ -21,7 +21,7 @@ from sqlalchemy import Connection, Engine, or_, select, update
 from outreach import store
 from outreach.backends.base import Backend
 from outreach.compose import build_email
-from outreach.errors import BatchAbort, PermanentError, TransientError
+from outreach.errors import BatchAbort, NotFound, PermanentError, TransientError
 from outreach.models import FAILED, PENDING, SENDING, SENT, message_events, messages
 from outreach.settings import Settings
 
@@ -267,3 +267,35 @@ def _send_batch(engine, settings, backend, batch, worker, clock, stop, report) -
     finally:
         backend.close()
     return True
+
+
+def retry_failed(engine: Engine, now: datetime, ids: list[int] | None = None) -> int:
+    """Put failed messages back in the queue with a fresh set of attempts."""
+    with store.write(engine) as conn:
+        # A message that never rendered (template error) has nothing to resend.
+        query = select(messages.c.id).where(messages.c.status == FAILED, messages.c.html != "")
+        if ids is not None:
+            found = dict(
+                conn.execute(select(messages.c.id, messages.c.status).where(messages.c.id.in_(ids))).all()
+            )
+            missing = [i for i in ids if i not in found]
+            if missing:
+                raise NotFound(f"no message with id {', '.join(map(str, missing))}")
+            not_failed = [f"{i} is {found[i]}" for i in ids if found[i] != FAILED]
+            unrendered = conn.execute(
+                select(messages.c.id).where(messages.c.id.in_(ids), messages.c.html == "")
+            ).scalars()
+            not_failed += [f"{i} was never rendered (fix its template)" for i in unrendered]
+            if not_failed:
+                raise NotFound(f"only failed messages can be retried: {', '.join(not_failed)}")
+            query = query.where(messages.c.id.in_(ids))
+        retry_ids = [row.id for row in conn.execute(query)]
+        if retry_ids:
+            conn.execute(
+                update(messages)
+                .where(messages.c.id.in_(retry_ids))
+                .values(status=PENDING, attempts=0, next_attempt_at=now, updated_at=now)
+            )
+            for message_id in retry_ids:
+                _trail(conn, message_id, now, "retried", "queued again by a person")
+    return len(retry_ids)

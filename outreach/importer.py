@@ -9,6 +9,7 @@ clients by ref; events and measures already on record are left as they are.
 from __future__ import annotations
 
 import csv
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
@@ -125,7 +126,7 @@ def parse_score(value: str, instrument_name: str) -> tuple[str, float]:
         score = float(value)
     except ValueError:
         raise RowError(f"score: {value!r} is not a number") from None
-    if score != score or not instrument.in_range(score):
+    if not math.isfinite(score) or not instrument.in_range(score):
         raise RowError(f"score: {value} is outside the {instrument.code} range ({instrument.range_text})")
     return instrument.code, score
 
@@ -156,13 +157,12 @@ def read_rows(path: Path, spec: Spec) -> tuple[list[tuple[int, dict]], list[str]
         raise OutreachError(f"{path}: cannot open: {exc.strerror}") from None
     rows, problems = [], []
     with handle:
-        reader = csv.DictReader(handle)
+        reader = csv.reader(handle)
         try:
-            header = reader.fieldnames
-            if not header:
+            header = next(reader, None)
+            if not header or not any(h.strip() for h in header):
                 raise OutreachError(f"{path}: the file is empty (expected a header row)")
             header = [h.strip().lower() for h in header]
-            reader.fieldnames = header
             missing = [c for c in spec.required if c not in header]
             unknown = [c for c in header if c not in spec.columns]
             if missing or unknown:
@@ -174,15 +174,20 @@ def read_rows(path: Path, spec: Spec) -> tuple[list[tuple[int, dict]], list[str]
                         f"unknown column(s): {', '.join(unknown)} (expected: {', '.join(spec.columns)})"
                     )
                 raise OutreachError(f"{path}:1: " + "; ".join(parts))
-            line = 1
-            for raw in reader:
-                start, line = line + 1, reader.line_num
-                if None in raw:
-                    problems.append(f"{path}:{start}: row has more fields than the header")
+            while True:
+                start = reader.line_num + 1  # a record may span lines; it starts here
+                values = next(reader, None)
+                if values is None:
+                    break
+                if not any(v.strip() for v in values):
+                    continue  # blank line
+                if len(values) > len(header):
+                    problems.append(
+                        f"{path}:{start}: row has {len(values)} fields, the header has {len(header)}"
+                    )
                     continue
-                if all(not (v or "").strip() for v in raw.values()):
-                    continue
-                rows.append((start, {k: (v or "") for k, v in raw.items()}))
+                values += [""] * (len(header) - len(values))
+                rows.append((start, dict(zip(header, values, strict=True))))
         except csv.Error as exc:
             raise OutreachError(f"{path}:{reader.line_num}: not readable as CSV: {exc}") from None
         except UnicodeDecodeError:

@@ -196,3 +196,16 @@ message_events = Table(
     Column("action", String(20), nullable=False),
     Column("detail", Text, nullable=False, default=""),
 )
+
+# One row per running service process: its heartbeat and what went wrong last.
+workers = Table(
+    "workers",
+    metadata,
+    Column("name", String(100), primary_key=True),
+    Column("started_at", UTCDateTime, nullable=False),
+    Column("heartbeat_at", UTCDateTime, nullable=False),
+    Column("last_send_ok_at", UTCDateTime, nullable=True),
+    Column("last_error", Text, nullable=True),
+    Column("last_error_at", UTCDateTime, nullable=True),
+    Column("stopped_at", UTCDateTime, nullable=True),
+)

@@ -67,7 +67,10 @@ def parse_duration(text: object) -> timedelta:
     match = DURATION_RE.match(text) if isinstance(text, str) else None
     if not match:
         raise ValueError(f"{text!r} is not a duration like 30d, 2w, 12h or 15m")
-    return timedelta(**{DURATION_UNITS[match[2]]: int(match[1])})
+    try:
+        return timedelta(**{DURATION_UNITS[match[2]]: int(match[1])})
+    except OverflowError:
+        raise ValueError(f"{text!r} is too long a duration") from None
 
 
 def template_exists(templates_dir: Path, name: str) -> bool:
@@ -108,6 +111,8 @@ def _parse_file(path: Path, templates_dir: Path) -> tuple[list[Rule], list[str]]
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         return [], [f"{path}: not valid TOML: {exc}"]
+    except OSError as exc:
+        return [], [f"{path}: cannot read: {exc.strerror or exc}"]
     problems = [f"{path}: {key}: unknown top-level key (rules go under [rules.NAME])"
                 for key in data if key != "rules"]  # fmt: skip
     table = data.get("rules", {})

@@ -214,7 +214,7 @@ class _Reader:
             return default
         try:
             url = make_url(value)
-        except ArgumentError:
+        except (ArgumentError, ValueError):
             raise self.fail(key, "is not a database URL like sqlite:///outreach.db") from None
         if url.get_backend_name() not in ("sqlite", "postgresql"):
             raise self.fail(key, f"database {url.get_backend_name()!r} is not supported")

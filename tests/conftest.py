@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import os
 import ssl
+import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 import trustme
 from click.testing import CliRunner
+from sqlalchemy import create_engine
+from sqlalchemy.engine import make_url
 
 from outreach import store
 from outreach.cli import cli
@@ -20,12 +23,35 @@ from tests.smtp_server import PASSWORD, USERNAME, SMTPServer
 ROOT = Path(__file__).resolve().parent.parent
 NOW = datetime(2026, 11, 25, 15, 0, tzinfo=UTC)  # a Wednesday, 10:00 in New York
 
+# Set by .ci/run after it starts a throwaway server: database-facing tests
+# then run on SQLite and again on PostgreSQL. Read now, before the autouse
+# fixture below clears OUTREACH_* variables.
+POSTGRES_URL = os.environ.get("OUTREACH_TEST_POSTGRES_URL", "")
+DATABASES = ["sqlite", "postgresql"] if POSTGRES_URL else ["sqlite"]
+
+
+@pytest.fixture(params=DATABASES)
+def database_url(request: pytest.FixtureRequest, tmp_path: Path):
+    """A fresh, empty database: a SQLite file, or a PostgreSQL schema of its own."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'outreach.db'}"
+        return
+    schema = f"t_{uuid.uuid4().hex[:16]}"
+    admin = create_engine(POSTGRES_URL)
+    with admin.begin() as conn:
+        conn.exec_driver_sql(f"CREATE SCHEMA {schema}")
+    url = make_url(POSTGRES_URL).update_query_dict({"options": f"-csearch_path={schema}"})
+    yield url.render_as_string(hide_password=False)
+    with admin.begin() as conn:
+        conn.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
+    admin.dispose()
+
 
 @pytest.fixture
-def settings(tmp_path: Path) -> Settings:
-    """Defaults pointing at this checkout's rules and templates and a fresh SQLite file."""
+def settings(tmp_path: Path, database_url: str) -> Settings:
+    """Defaults pointing at this checkout's rules and templates and a fresh database."""
     return Settings(
-        database_url=f"sqlite:///{tmp_path / 'outreach.db'}",
+        database_url=database_url,
         outbox_dir=tmp_path / "outbox",
         campaigns_dir=ROOT / "campaigns",
         templates_dir=ROOT / "templates" / "email",

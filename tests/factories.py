@@ -38,7 +38,9 @@ def queue_message(engine, **overrides) -> int:
     row.update(overrides)
     with store.write(engine) as conn:
         message_id = insert_message(conn, row)
-        conn.execute(message_events.insert().values(message_id=message_id, at=NOW, action="queued", detail=""))
+        conn.execute(
+            message_events.insert().values(message_id=message_id, at=NOW, action="queued", detail="")
+        )
     return message_id
 
 

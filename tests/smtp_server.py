@@ -59,7 +59,9 @@ class Handler:
         if action is not None:
             return action
         with self.lock:
-            self.received.append(Received(envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content))
+            self.received.append(
+                Received(envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content)
+            )
         return "250 2.0.0 OK: queued"
 
 

@@ -55,7 +55,18 @@ def test_milestone_in_clinical_email_out_logged(run_cli, settings, smtp_server, 
     cli("init")
     for kind, path in write_practice(tmp_path).items():
         cli("import", kind, str(path), "--now", now)
-    cli("event", "add", "C-77", "reassessment", "--at", NOW.isoformat(), "--note", "12-week reassessment", "--now", now)
+    cli(
+        "event",
+        "add",
+        "C-77",
+        "reassessment",
+        "--at",
+        NOW.isoformat(),
+        "--note",
+        "12-week reassessment",
+        "--now",
+        now,
+    )
     run = cli("run", "--once", "--now", now)
     assert "sent 1," in run.stdout
 

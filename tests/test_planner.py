@@ -145,8 +145,8 @@ def test_quarterly_summary_is_de_identified_and_respects_opt_out(demo_engine, se
 def test_a_template_error_fails_that_message_and_the_others_still_go(demo_engine, settings, tmp_path):
     templates = tmp_path / "templates"
     shutil.copytree(settings.templates_dir, templates)
-    body = templates / "goal_achieved" / "body.txt"
-    body.write_text(body.read_text() + "\n{{ no_such_variable }}\n")
+    subject = templates / "goal_achieved" / "subject.txt"
+    subject.write_text(subject.read_text().strip() + " {{ no_such_variable }}\n")
     broken = settings.with_(templates_dir=templates)
     result = run_plan(demo_engine, broken)
     [(draft, error)] = result.failed

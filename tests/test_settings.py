@@ -98,11 +98,6 @@ def test_a_bad_value_names_its_key(key, value, fragment):
     assert "\n" not in message
 
 
-@pytest.mark.xfail(
-    reason="settings.py _Reader.url catches only ArgumentError; make_url raises ValueError "
-    "for a non-numeric port, which escapes as a raw ValueError",
-    strict=True,
-)
 def test_a_database_url_with_a_bad_port_names_its_key():
     with pytest.raises(SettingsError, match=r"^OUTREACH_DATABASE_URL: "):
         Settings.from_env({"OUTREACH_DATABASE_URL": "postgresql://outreach@db.internal:abc/outreach"})
@@ -129,11 +124,6 @@ def test_the_cli_reports_a_bad_value_in_one_line(run_cli, key, value, fragment):
     assert "Traceback" not in result.output
 
 
-@pytest.mark.xfail(
-    reason="settings.py _Reader.url lets make_url's ValueError (non-numeric port) through; "
-    "the CLI then dies with a traceback instead of one line naming OUTREACH_DATABASE_URL",
-    strict=True,
-)
 def test_the_cli_reports_a_database_url_with_a_bad_port_in_one_line(tmp_path):
     env = {**_clean_env(), "OUTREACH_DATABASE_URL": "postgresql://outreach@db.internal:abc/outreach"}
     result = _outreach(["init"], cwd=tmp_path, env=env)

@@ -39,6 +39,8 @@ def test_sqlite_file_is_readable_by_its_owner_only(settings, tmp_path):
     assert mode == 0o600
 
 
-def test_sqlite_runs_in_wal_mode(engine):
+def test_sqlite_runs_in_wal_mode(tmp_path):
+    engine = store.connect(f"sqlite:///{tmp_path / 'wal.db'}")
     with engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+    engine.dispose()

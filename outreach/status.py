@@ -1,0 +1,138 @@
+"""Is the service alive and delivering? Heartbeats, and the answer for a monitor.
+
+Each running service writes a heartbeat row (``workers``) every tick, with
+the last error it met and when a send pass last succeeded. ``outreach
+status`` reads them with the queue, and exits 1 when a monitor should page
+someone: no recent heartbeat, or delivery failing since its last success.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from sqlalchemy import Connection, Engine, func, select, update
+
+from outreach import store
+from outreach.models import MESSAGE_STATUSES, PENDING, messages, workers
+
+STALE_AFTER_TICKS = 3
+MIN_STALE = timedelta(minutes=3)
+
+
+def _upsert(engine: Engine, name: str, now: datetime, **values) -> None:
+    with store.write(engine) as conn:
+        done = conn.execute(update(workers).where(workers.c.name == name).values(**values)).rowcount
+        if not done:
+            conn.execute(
+                workers.insert().values(
+                    name=name, started_at=now, heartbeat_at=values.pop("heartbeat_at", now), **values
+                )
+            )
+
+
+def heartbeat(engine: Engine, name: str, now: datetime) -> None:
+    _upsert(engine, name, now, heartbeat_at=now, stopped_at=None)
+
+
+def started(engine: Engine, name: str, now: datetime) -> None:
+    _upsert(engine, name, now, started_at=now, heartbeat_at=now, stopped_at=None, last_error=None)
+
+
+def stopped(engine: Engine, name: str, now: datetime) -> None:
+    _upsert(engine, name, now, heartbeat_at=now, stopped_at=now)
+
+
+def record_error(engine: Engine, name: str, now: datetime, error: str) -> None:
+    _upsert(engine, name, now, heartbeat_at=now, last_error=error[:2000], last_error_at=now)
+
+
+def record_send_ok(engine: Engine, name: str, now: datetime) -> None:
+    _upsert(engine, name, now, heartbeat_at=now, last_send_ok_at=now)
+
+
+@dataclass
+class Health:
+    now: datetime
+    last_heartbeat: datetime | None
+    running: list[str]
+    queue: dict[str, int]
+    oldest_pending: object | None
+    last_error: str | None
+    last_error_at: datetime | None
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def health(conn: Connection, now: datetime, tick_seconds: int) -> Health:
+    """Heartbeats, queue depth and the latest error, judged against ``now``."""
+    rows = conn.execute(select(workers).order_by(workers.c.heartbeat_at.desc())).all()
+    stale_after = max(MIN_STALE, timedelta(seconds=STALE_AFTER_TICKS * tick_seconds))
+    running = [r for r in rows if r.stopped_at is None and now - r.heartbeat_at <= stale_after]
+    counts = dict(conn.execute(select(messages.c.status, func.count()).group_by(messages.c.status)).all())
+    oldest = conn.execute(
+        select(messages.c.id, messages.c.created_at, messages.c.next_attempt_at, messages.c.last_error)
+        .where(messages.c.status == PENDING)
+        .order_by(messages.c.created_at, messages.c.id)
+        .limit(1)
+    ).first()
+    errored = [r for r in rows if r.last_error_at is not None]
+    latest = max(errored, key=lambda r: r.last_error_at) if errored else None
+    result = Health(
+        now=now,
+        last_heartbeat=rows[0].heartbeat_at if rows else None,
+        running=[r.name for r in running],
+        queue={status: counts.get(status, 0) for status in MESSAGE_STATUSES},
+        oldest_pending=oldest,
+        last_error=latest.last_error if latest else None,
+        last_error_at=latest.last_error_at if latest else None,
+    )
+    if not rows:
+        result.problems.append("the service has never run (no heartbeat)")
+    elif not running:
+        result.problems.append(
+            f"no heartbeat for {_ago(now - rows[0].heartbeat_at)}: the service is not running"
+        )
+    failing = [
+        r
+        for r in running
+        if r.last_error_at and (r.last_send_ok_at is None or r.last_error_at > r.last_send_ok_at)
+    ]
+    if failing:
+        r = failing[0]
+        result.problems.append(f"delivery failing since {r.last_error_at:%Y-%m-%d %H:%M} UTC: {r.last_error}")
+    return result
+
+
+def _ago(delta: timedelta) -> str:
+    minutes = int(delta.total_seconds() // 60)
+    if minutes < 120:
+        return f"{minutes} min"
+    return f"{minutes // 60} h" if minutes < 2880 else f"{minutes // 1440} days"
+
+
+def format_health(h: Health, tz) -> str:
+    def when(value: datetime | None) -> str:
+        return value.astimezone(tz).strftime("%Y-%m-%d %H:%M:%S %Z") if value else "never"
+
+    queue = ", ".join(f"{status} {count}" for status, count in h.queue.items())
+    lines = [
+        f"status:          {'OK' if h.ok else 'PROBLEM'}",
+        f"last heartbeat:  {when(h.last_heartbeat)}",
+        f"running:         {', '.join(h.running) or 'none'}",
+        f"queue:           {queue}",
+    ]
+    if h.oldest_pending is not None:
+        o = h.oldest_pending
+        waiting = f"message {o.id}, queued {when(o.created_at)}, next try {when(o.next_attempt_at)}"
+        lines.append(f"oldest pending:  {waiting}")
+    else:
+        lines.append("oldest pending:  none")
+    lines.append(
+        f"last error:      {h.last_error or 'none'}" + (f" ({when(h.last_error_at)})" if h.last_error else "")
+    )
+    lines += [f"problem:         {p}" for p in h.problems]
+    return "\n".join(lines)
