@@ -103,6 +103,16 @@ def tls_smtp_server(tls_ca: trustme.CA):
 
 
 @pytest.fixture
+def ssl_smtp_server(tls_ca: trustme.CA):
+    """Implicit TLS (``OUTREACH_SMTP_SECURITY=ssl``), AUTH required."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls_ca.issue_cert("localhost", "127.0.0.1").configure_cert(context)
+    server = SMTPServer(tls_context=context, implicit_tls=True).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
 def ca_file(tls_ca: trustme.CA, tmp_path: Path) -> Path:
     path = tmp_path / "ca.pem"
     tls_ca.cert_pem.write_to_path(str(path))

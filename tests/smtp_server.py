@@ -76,11 +76,19 @@ def _authenticator(server, session, envelope, mechanism, auth_data):
 
 
 class SMTPServer:
-    def __init__(self, tls_context: ssl.SSLContext | None = None):
+    def __init__(self, tls_context: ssl.SSLContext | None = None, implicit_tls: bool = False):
         self.handler = Handler()
         self.port = free_port()
         kwargs = {}
-        if tls_context is not None:
+        if tls_context is not None and implicit_tls:
+            # TLS from the first byte (port 465 style); AUTH inside it.
+            kwargs = {
+                "ssl_context": tls_context,
+                "authenticator": _authenticator,
+                "auth_required": True,
+                "auth_require_tls": False,
+            }
+        elif tls_context is not None:
             kwargs = {
                 "tls_context": tls_context,
                 "require_starttls": True,

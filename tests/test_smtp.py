@@ -51,6 +51,22 @@ def test_starttls_with_auth_delivers(engine, settings, tls_smtp_server, ca_file)
     assert len(tls_smtp_server.received) == 1
 
 
+def test_implicit_tls_with_auth_delivers(engine, settings, ssl_smtp_server, ca_file):
+    cfg = tls_settings(settings, ssl_smtp_server, ca_file, smtp_security="ssl")
+    message_id = queue_message(engine)
+    report = deliver(engine, cfg)
+    assert report.sent == [message_id] and report.aborted is None
+    assert len(ssl_smtp_server.received) == 1
+
+
+def test_implicit_tls_verifies_the_certificate(engine, settings, ssl_smtp_server, ca_file):
+    cfg = tls_settings(settings, ssl_smtp_server, ca_file, smtp_security="ssl", smtp_ca_file=None)
+    message_id = queue_message(engine)
+    report = deliver(engine, cfg)
+    assert report.aborted and "TLS" in report.aborted
+    assert message(engine, message_id).status == PENDING and ssl_smtp_server.received == []
+
+
 def test_wrong_password_stops_the_batch_and_keeps_messages_queued(engine, settings, tls_smtp_server, ca_file):
     cfg = tls_settings(settings, tls_smtp_server, ca_file, smtp_password=Secret("wrong-password-QQQ"))
     ids = [queue_message(engine) for _ in range(3)]
