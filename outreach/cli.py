@@ -213,6 +213,94 @@ def event_add(env: Env, client_ref: str, kind: str, at: str | None, note: str, n
 
 
 @cli.group()
+def physician():
+    """A referring physician's preferences (opt-out of non-clinical mail)."""
+
+
+@physician.command("opt-out")
+@click.argument("email")
+@now_option
+@pass_env
+def physician_opt_out(env: Env, email: str, now: str | None):
+    """Stop non-clinical mail to EMAIL; clinical updates still go."""
+    day = env.now(now).astimezone(env.settings.tz).date()
+    _update_physician(env, email, {"opted_out_on": day})
+    click.echo(
+        f"{email}: opted out of non-clinical mail from {day}; clinical updates about shared clients still go"
+    )
+
+
+@physician.command("opt-in")
+@click.argument("email")
+@pass_env
+def physician_opt_in(env: Env, email: str):
+    """Resume non-clinical mail to EMAIL."""
+    _update_physician(env, email, {"opted_out_on": None})
+    click.echo(f"{email}: non-clinical mail resumed")
+
+
+def _update_physician(env: Env, email: str, values: dict) -> None:
+    from sqlalchemy import update
+
+    from outreach.models import physicians
+
+    with store.write(env.ready_engine()) as conn:
+        done = conn.execute(
+            update(physicians).where(physicians.c.email == email.strip().lower()).values(**values)
+        ).rowcount
+    if not done:
+        raise NotFound(f"no physician with email {email!r}")
+
+
+@cli.group()
+def client():
+    """A client's consent to share health information with their physician."""
+
+
+@client.command("consent")
+@click.argument("client_ref")
+@click.option("--on", "on", metavar="DATE", help="Day consent was given (default: today).")
+@click.option("--expires", metavar="DATE", help="Day the consent ends, if it does.")
+@now_option
+@pass_env
+def client_consent(env: Env, client_ref: str, on: str | None, expires: str | None, now: str | None):
+    """Record consent to share health information; held updates then go out."""
+    moment = env.now(now)
+    try:
+        day = parse_date(on, "--on") if on else moment.astimezone(env.settings.tz).date()
+        until = parse_date(expires, "--expires") if expires else None
+        not_in_future(day, moment, "--on")
+    except RowError as exc:
+        raise OutreachError(str(exc)) from None
+    _update_client(
+        env, client_ref, {"consent_date": day, "consent_expires": until, "consent_revoked_on": None}
+    )
+    click.echo(f"{client_ref}: consent recorded on {day}" + (f", until {until}" if until else ""))
+
+
+@client.command("revoke-consent")
+@click.argument("client_ref")
+@now_option
+@pass_env
+def client_revoke_consent(env: Env, client_ref: str, now: str | None):
+    """Record that consent was withdrawn: nothing more about them is sent."""
+    day = env.now(now).astimezone(env.settings.tz).date()
+    _update_client(env, client_ref, {"consent_revoked_on": day})
+    click.echo(f"{client_ref}: consent revoked on {day}; queued updates about this client will not be sent")
+
+
+def _update_client(env: Env, ref: str, values: dict) -> None:
+    from sqlalchemy import update
+
+    from outreach.models import clients
+
+    with store.write(env.ready_engine()) as conn:
+        done = conn.execute(update(clients).where(clients.c.ref == ref).values(**values)).rowcount
+    if not done:
+        raise NotFound(f"no client with ref {ref!r}")
+
+
+@cli.group()
 def measure():
     """Record outcome measures (LEFS, ODI, NDI, QuickDASH, NPRS, PSFS, TUG, …)."""
 
@@ -381,6 +469,33 @@ def log_show(env: Env, message_id: int):
     """One message whole: headers, text, and its attempt trail."""
     with store.read(env.ready_engine()) as conn:
         click.echo(show_message(conn, message_id, env.settings.tz))
+
+
+@cli.command()
+@click.option("--physician", metavar="EMAIL", help="Only this physician's referrals.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
+@now_option
+@pass_env
+def loops(env: Env, physician: str | None, fmt: str, now: str | None):
+    """Each referral's expected updates: done, due, overdue or blocked."""
+    from outreach.loops import format_loops, open_loops
+
+    with store.read(env.ready_engine()) as conn:
+        found = open_loops(conn, env.settings, env.now(now), physician)
+    click.echo(format_loops(found, fmt))
+
+
+@cli.command()
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
+@now_option
+@pass_env
+def physicians(env: Env, fmt: str, now: str | None):
+    """Referrals, conversion, time to first report and contact, per physician."""
+    from outreach.loops import format_physicians, physician_summary
+
+    with store.read(env.ready_engine()) as conn:
+        rows = physician_summary(conn, env.settings, env.now(now))
+    click.echo(format_physicians(rows, fmt))
 
 
 @cli.command("preview")

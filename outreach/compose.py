@@ -34,6 +34,9 @@ def build_email(row, settings: Settings, sent_at: datetime) -> EmailMessage:
     msg["Subject"] = one_line(row.subject)
     msg["Date"] = format_datetime(sent_at)
     msg["Message-ID"] = row.message_id
+    if getattr(row, "kind", "clinical") == "relationship":
+        # Non-clinical mail can be stopped with one click in the physician's mail client.
+        msg["List-Unsubscribe"] = f"<mailto:{settings.reply_to or settings.from_addr}?subject=unsubscribe>"
     if row.priority > 0:
         msg["Importance"] = "high"
         msg["X-Priority"] = "1"

@@ -7,6 +7,7 @@ same way (outcomes against their MCID, attendance, the bottom line).
 
 from __future__ import annotations
 
+import re
 import statistics
 from datetime import date, datetime, timedelta
 
@@ -201,6 +202,9 @@ def client_context(
     if event_id is not None:
         event = conn.execute(select(events).where(events.c.id == event_id)).one()
     local_now = now.astimezone(settings.tz)
+    view = client_view(client)
+    assessments = _event_dates(conn, client_id, settings)
+    goal_status, achievements = goals_for(conn, client_id, view["goals"], settings)
     start = now - (rule.every or timedelta(days=30))
     if rule.every is None and client.referral_date is not None:
         start = min(start, datetime.combine(client.referral_date, datetime.min.time(), settings.tz))
@@ -210,17 +214,71 @@ def client_context(
     return {
         "practice": practice_view(settings),
         "physician": physician_view(physician),
-        "client": client_view(client),
+        "client": view,
         "event": event_view(event, settings) if event is not None else None,
+        "plan": plan_view(client, assessments),
+        "goal_status": goal_status,
+        "achievements": achievements,
         "outcomes": [outcome_view(o) for o in outcomes],
         "attendance": attendance,
         "status": bottom_line(outcomes, attendance, adverse),
         "period": {"start": start.astimezone(settings.tz).date(), "end": local_now.date()},
-        "assessments": _event_dates(conn, client_id, settings),
+        "assessments": assessments,
         "rule": {"name": rule.name, "description": rule.description},
         "now": local_now,
         "today": local_now.date(),
     }
+
+
+REASSESS_EVERY = timedelta(days=30)
+
+
+def plan_view(client, assessments: dict) -> dict:
+    """The plan of care as recorded, and when the next reassessment is due."""
+    last = assessments.get("reassessment") or assessments.get("initial_assessment")
+    due = client.next_reassessment or (last + REASSESS_EVERY if last else None)
+    if client.status == "discharged":
+        due = None  # no further reassessment is planned
+    return {"text": client.plan or "", "next_reassessment": due}
+
+
+def goals_for(conn: Connection, client_id: int, goals: list[str], settings: Settings) -> tuple[list, list]:
+    """Each goal, met or not (a goal_achieved event whose note names it); other achievements."""
+    achieved = conn.execute(
+        select(events.c.occurred_at, events.c.note)
+        .where(events.c.client_id == client_id, events.c.kind == "goal_achieved")
+        .order_by(events.c.occurred_at)
+    ).all()
+    used: set[int] = set()
+    status = []
+    for number, goal in enumerate(goals, start=1):
+        match = next(
+            (
+                i
+                for i, e in enumerate(achieved)
+                if e.note and i not in used and _same_goal(number, goal, e.note)
+            ),
+            None,
+        )
+        if match is not None:
+            used.add(match)
+        met_on = achieved[match].occurred_at.astimezone(settings.tz).date() if match is not None else None
+        status.append({"text": goal, "met": match is not None, "met_on": met_on})
+    others = [
+        {"note": e.note, "date": e.occurred_at.astimezone(settings.tz).date()}
+        for i, e in enumerate(achieved)
+        if i not in used and e.note
+    ]
+    return status, others
+
+
+def _same_goal(number: int, goal: str, note: str) -> bool:
+    """The note names the goal: its text as written, or "Goal 2" by its number."""
+    goal, note = goal.strip().lower(), note.strip().lower()
+    numbered = re.match(r"goal\s*#?(\d+)\b", note)
+    if numbered:
+        return int(numbered[1]) == number
+    return goal in note
 
 
 def _has_event(conn: Connection, client_id: int, kind: str, start: datetime, end: datetime) -> bool:

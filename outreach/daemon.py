@@ -4,6 +4,11 @@
 every job is wrapped (a raising job is logged and simply runs again next
 tick), the loop sleeps with ``Event.wait`` (a signal wakes it at once), and
 all state lives in the database, so a restart loses nothing.
+
+Rules and templates are read once and held in memory (templates as a
+snapshot of their files), so an edit on disk changes nothing until it has
+been validated: a broken rule or template is refused and the service goes
+on with the ones it had.
 """
 
 from __future__ import annotations
@@ -16,13 +21,14 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 
+import jinja2
 import schedule
 from sqlalchemy import Engine
 
 from outreach import status, store
 from outreach.backends import Backend, get_backend
-from outreach.dispatcher import Clock, SendReport, send_due, worker_name
-from outreach.errors import OutreachError
+from outreach.dispatcher import Clock, SendReport, flush_backlog, one_line, send_due, worker_name
+from outreach.errors import OutreachError, RenderError
 from outreach.models import utcnow
 from outreach.planner import PlanReport, plan
 from outreach.renderer import Renderer
@@ -55,6 +61,42 @@ def config_fingerprint(settings: Settings) -> tuple:
     return tuple(fingerprint)
 
 
+def load_renderer(templates_dir: Path) -> Renderer:
+    """A renderer over a snapshot of the template files, every one of them compiled.
+
+    Jinja would otherwise re-read a file changed on disk at the next render,
+    valid or not; the snapshot changes only through a validated reload.
+    Raises ``RenderError`` naming each template that does not compile.
+    """
+    root = Path(templates_dir)
+    sources = {}
+    for path in sorted(root.rglob("*")):
+        name = path.relative_to(root).as_posix()
+        if path.is_file() and not any(part.startswith(".") for part in name.split("/")):
+            try:
+                sources[name] = path.read_text(encoding="utf-8")
+            except UnicodeDecodeError:
+                continue  # not text, so not a template (an image, say)
+    renderer = Renderer(root)
+    renderer.env.loader = jinja2.DictLoader(sources)
+    problems = []
+    for name in sources:
+        if name.endswith((".html", ".txt")):
+            try:
+                renderer.env.get_template(name)
+            except jinja2.TemplateSyntaxError as exc:
+                problems.append(f"{root / name}:{exc.lineno}: {exc.message}")
+    if problems:
+        raise RenderError("\n".join(problems))
+    return renderer
+
+
+def load_config(settings: Settings) -> tuple[list[Rule], Renderer]:
+    """Rules and templates, both validated; raises ``OutreachError`` listing the problems."""
+    renderer = load_renderer(settings.templates_dir)
+    return load_rules(settings.campaigns_dir, settings.templates_dir), renderer
+
+
 @dataclass
 class Service:
     """Everything one cycle needs, loaded and validated once."""
@@ -74,11 +116,12 @@ class Service:
         engine = engine or store.connect(settings.database_url)
         store.require_current(engine)
         fingerprint = config_fingerprint(settings)
+        rules, renderer = load_config(settings)
         return cls(
             settings=settings,
             engine=engine,
-            rules=load_rules(settings.campaigns_dir, settings.templates_dir),
-            renderer=Renderer(settings.templates_dir),
+            rules=rules,
+            renderer=renderer,
             backend=backend or get_backend(settings),
             fingerprint=fingerprint,
         )
@@ -98,14 +141,18 @@ class Service:
         """Load rules and templates again; keep the current ones if the new are invalid."""
         self.fingerprint = config_fingerprint(self.settings)
         try:
-            rules = load_rules(self.settings.campaigns_dir, self.settings.templates_dir)
-        except OutreachError as exc:
-            problems = str(exc).splitlines()
-            log.error("reload refused, keeping the current rules: %s", "; ".join(problems))
+            rules, renderer = load_config(self.settings)
+        except (OutreachError, OSError, UnicodeError) as exc:
+            problems = str(exc).splitlines() or [type(exc).__name__]
+            log.error("reload refused, keeping the current rules and templates: %s", "; ".join(problems))
             return False
-        self.rules, self.renderer = rules, Renderer(self.settings.templates_dir)
+        self.rules, self.renderer = rules, renderer
         log.info("reloaded %d rule(s) and the templates", len(rules))
         return True
+
+    def flush(self, clock: Clock) -> None:
+        """Write outcomes held while the database was away (on the way out, say)."""
+        flush_backlog(self.engine, self.worker, clock())
 
     def config_changed(self) -> bool:
         return config_fingerprint(self.settings) != self.fingerprint
@@ -118,7 +165,7 @@ def guarded(name: str, job: Callable[[], object], on_error: Callable[[str], None
         try:
             job()
         except Exception as exc:
-            message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            message = one_line(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
             log.error("%s failed, will retry next tick: %s", name, message)
             log.debug("%s traceback", name, exc_info=True)
             if on_error is not None:
@@ -131,29 +178,49 @@ def guarded(name: str, job: Callable[[], object], on_error: Callable[[str], None
 
 
 class Loop:
-    """The jobs of one running service, each safe to run again after a failure."""
+    """The jobs of one running service, each safe to run again after a failure.
+
+    What ``outreach status`` calls "failing" is tracked per job: a job's
+    error stands until that job succeeds again. A send pass with nothing
+    due proves nothing (the messages that failed may simply be waiting for
+    their retry time), so only a pass that delivered clears a send error.
+    """
 
     def __init__(self, service: Service, clock: Clock, stop: threading.Event):
         self.service, self.clock, self.stop = service, clock, stop
+        self.failing: set[str] = set()
 
     def record_error(self, error: str) -> None:
+        """``error`` is ``"job: what happened"`` (see ``guarded``)."""
+        self.failing.add(error.partition(":")[0])
         status.record_error(self.service.engine, self.service.worker, self.clock(), error)
+
+    def _ok(self, job: str) -> None:
+        if job in self.failing:
+            self.failing.discard(job)
+            if not self.failing:
+                status.record_send_ok(self.service.engine, self.service.worker, self.clock())
 
     def plan(self) -> None:
         self.service.plan(self.clock())
+        self._ok("plan")
 
     def send(self) -> None:
         report = self.service.send(self.clock, stop=self.stop)
-        engine, worker, now = self.service.engine, self.service.worker, self.clock()
         if report.aborted:
-            status.record_error(engine, worker, now, f"send: {report.aborted}")
-        elif report.deferred and not report.sent:
-            status.record_error(engine, worker, now, f"send: {len(report.deferred)} message(s) deferred")
-        else:
-            status.record_send_ok(engine, worker, now)
+            self.record_error(f"send: {report.aborted}")
+        elif report.sent:
+            self.failing.discard("send")
+            if not self.failing:
+                status.record_send_ok(self.service.engine, self.service.worker, self.clock())
+        elif report.deferred or report.failed:
+            what = f"{len(report.deferred)} deferred, {len(report.failed)} failed, none delivered"
+            self.record_error(f"send: {what}")
+        # Nothing was due: no news either way.
 
     def heartbeat(self) -> None:
         status.heartbeat(self.service.engine, self.service.worker, self.clock())
+        self._ok("heartbeat")
 
     def jobs(self) -> list[tuple[str, Callable[[], None]]]:
         return [("heartbeat", self.heartbeat), ("plan", self.plan), ("send", self.send)]
@@ -193,12 +260,17 @@ def run_forever(service: Service, clock: Clock, control: Control) -> None:
     guarded("start", lambda: status.started(service.engine, service.worker, clock()))()
     log.info("outreach running as %s: %d rule(s), tick every %ds", service.worker, len(service.rules), every)
     scheduler.run_all()
+    reload = guarded("reload", service.reload)
     while not control.stop.is_set():
-        if control.reload.is_set() or service.config_changed():
-            control.reload.clear()
-            service.reload()
-        scheduler.run_pending()
+        try:
+            if control.reload.is_set() or service.config_changed():
+                control.reload.clear()
+                reload()
+            scheduler.run_pending()
+        except Exception as exc:  # the jobs are guarded; this is the loop's own machinery
+            log.error("service loop: %s", one_line(exc))
         idle = scheduler.idle_seconds
         control.sleep(min(max(idle if idle is not None else every, 0.05), MAX_SLEEP))
+    guarded("flush", lambda: service.flush(clock))()
     guarded("stop", lambda: status.stopped(service.engine, service.worker, clock()))()
     log.info("outreach stopped")

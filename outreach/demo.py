@@ -60,6 +60,32 @@ CLIENTS = [
      True, "active"),
 ]  # fmt: skip
 
+# Plan of care as the clinician records it; next reassessment in days from now.
+PLANS = {
+    "C-1001": (
+        "2 sessions/week for 8 weeks: progressive quadriceps and hip strengthening, "
+        "balance, graded return to cycling",
+        27,
+    ),
+    "C-1002": ("2 sessions/week for 6 weeks: graded loading in neutral spine, walking programme", 20),
+    "C-1003": ("Discharged to a home programme: strength 3x/week, daily walking", None),
+    "C-1004": (
+        "2 sessions/week for 8 weeks: scapular control, progressive rotator cuff loading "
+        "within the lifting limit",
+        25,
+    ),
+    "C-1006": (
+        "2 sessions/week for 10 weeks: lower-limb strength, balance and gait training, floor transfers",
+        24,
+    ),
+    "C-1007": (
+        "2 sessions/week for 6 weeks: deep neck flexor endurance, posture and work-station breaks",
+        28,
+    ),
+    "C-1009": ("1 session/week for 4 weeks: heavy slow calf loading, return-to-run progression", 26),
+    "C-1010": ("2 sessions/week for 8 weeks: graded activity and trunk endurance", 21),
+}
+
 # ref, kind, days ago, hour, note
 EVENTS = [
     ("C-1001", "referral_received", 75, 9, "Referral by fax"),
@@ -69,6 +95,8 @@ EVENTS = [
     ("C-1002", "initial_assessment", 61, 11, ""),
     ("C-1003", "referral_received", 96, 9, ""),
     ("C-1003", "initial_assessment", 92, 14, ""),
+    ("C-1003", "goal_achieved", 20, 11, "Walk 30 minutes in the community: achieved, no gait aid"),
+    ("C-1003", "goal_achieved", 6, 11, "Climb one flight of stairs without a rail: achieved reciprocally"),
     ("C-1003", "discharged", 1, 15,
      "Goals met; independent with home programme (3x/week strength, daily walking)"),
     ("C-1004", "referral_received", 58, 9, ""),
@@ -86,7 +114,8 @@ EVENTS = [
     ("C-1008", "initial_assessment", 1, 9, ""),
     ("C-1009", "referral_received", 50, 10, ""),
     ("C-1009", "initial_assessment", 47, 10, ""),
-    ("C-1009", "goal_achieved", 1, 16, "Jogged 20 minutes continuously, pain 1/10, settled next morning"),
+    ("C-1009", "goal_achieved", 1, 16,
+     "Jog 20 minutes: achieved continuously, pain 1/10, settled by the next morning"),
     ("C-1010", "referral_received", 40, 10, ""),
     ("C-1010", "initial_assessment", 37, 10, ""),
     ("C-1010", "session_missed", 12, 10, ""),
@@ -128,7 +157,8 @@ def demo_rows(now: datetime, settings: Settings) -> dict[str, list[dict]]:
             moment = local - timedelta(minutes=5)
         return moment.replace(tzinfo=None).isoformat(timespec="minutes")
 
-    physicians = [dict(zip(SPECS["physicians"].columns, p, strict=True)) for p in PHYSICIANS]
+    columns = SPECS["physicians"].columns
+    physicians = [{**dict.fromkeys(columns, ""), **dict(zip(columns, p, strict=False))} for p in PHYSICIANS]
     clients = []
     for ref, first, last, email, referred, dx, precautions, goals, consent, status in CLIENTS:
         clients.append(
@@ -138,6 +168,8 @@ def demo_rows(now: datetime, settings: Settings) -> dict[str, list[dict]]:
                 "precautions": precautions, "goals": goals,
                 "consent_date": (today - timedelta(days=referred)).isoformat() if consent else "",
                 "status": status, "consent_expires": "",
+                "plan": PLANS.get(ref, ("", None))[0],
+                "next_reassessment": _in_days(today, PLANS.get(ref, ("", None))[1]),
             }
         )  # fmt: skip
     events = [
@@ -156,6 +188,10 @@ def demo_rows(now: datetime, settings: Settings) -> dict[str, list[dict]]:
         for days, score in series
     ]  # fmt: skip
     return {"physicians": physicians, "clients": clients, "events": events, "measures": measures}
+
+
+def _in_days(today, days: int | None) -> str:
+    return "" if days is None else (today + timedelta(days=days)).isoformat()
 
 
 def write_csvs(folder: Path, rows: dict[str, list[dict]]) -> dict[str, Path]:

@@ -4,24 +4,32 @@ A claim is a lease: rows go to ``sending`` with ``lease_until``; a worker
 killed mid-send leaves rows whose lease expires and which go back to
 ``pending`` with the same Message-ID. Each message's new state is committed
 the moment the server answers for it, never after the batch.
+
+If the database cannot be written when the server has already answered,
+the answer is kept in memory (``_Backlog``) and written first thing on the
+next pass, so a database outage does not turn accepted mail into resends.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
+import secrets
 import socket
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import Connection, Engine, or_, select, update
+from sqlalchemy import Connection, Engine, and_, or_, select, update
+from sqlalchemy.exc import SQLAlchemyError
 
 from outreach import store
 from outreach.backends.base import Backend
 from outreach.compose import build_email
-from outreach.errors import BatchAbort, NotFound, PermanentError, TransientError
+from outreach.digest import settle_members
+from outreach.errors import BatchAbort, DatabaseError, NotFound, PermanentError, TransientError
 from outreach.models import FAILED, PENDING, SENDING, SENT, message_events, messages
 from outreach.settings import Settings
 
@@ -29,8 +37,55 @@ log = logging.getLogger(__name__)
 Clock = Callable[[], datetime]
 
 
+# What "the database is unavailable" looks like once ``store`` has had its say.
+DB_ERRORS = (DatabaseError, SQLAlchemyError)
+
+
 def worker_name() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
+    """Host, process and a random tag: a restarted process never inherits a dead one's leases.
+
+    (In a container every restart is PID 1; with the PID alone a new process
+    would renew, and finish, the claims of the one that was killed.)
+    """
+    return f"{socket.gethostname()[:60]}:{os.getpid()}:{secrets.token_hex(3)}"
+
+
+def one_line(text: object) -> str:
+    """Log and trail text on one line: a multi-line SMTP reply must not split a log event."""
+    return re.sub(r"\s*[\r\n]+\s*", " | ", str(text)).strip()
+
+
+@dataclass
+class _Outcome:
+    """What the server said about one message, waiting to be written."""
+
+    message_id: int
+    at: datetime
+    values: dict
+    action: str
+    detail: str
+
+
+@dataclass
+class _Backlog:
+    """Outcomes the database could not take yet, and claims to hand back."""
+
+    outcomes: list[_Outcome] = field(default_factory=list)
+    release: set[int] = field(default_factory=set)
+
+    def __bool__(self) -> bool:
+        return bool(self.outcomes or self.release)
+
+
+# Per database and worker: only this process knows what its server said while the database was away.
+_BACKLOGS: dict[tuple[str, str], _Backlog] = {}
+_BACKLOG_LOCK = threading.Lock()
+
+
+def _backlog(engine: Engine, worker: str) -> _Backlog:
+    key = (engine.url.render_as_string(hide_password=False), worker)
+    with _BACKLOG_LOCK:
+        return _BACKLOGS.setdefault(key, _Backlog())
 
 
 @dataclass
@@ -53,17 +108,21 @@ def _trail(conn: Connection, message_id: int, at: datetime, action: str, detail:
 
 
 def release_expired(engine: Engine, now: datetime) -> int:
-    """Messages whose sender died mid-send go back to the queue."""
+    """Messages whose sender died mid-send go back to the queue.
+
+    The rows are locked (PostgreSQL) and the lease checked again in the
+    update: a release racing another must never hand back a fresh claim.
+    """
+    expired = and_(messages.c.status == SENDING, messages.c.lease_until < now)
     with store.write(engine) as conn:
-        ids = list(
-            conn.execute(
-                select(messages.c.id).where(messages.c.status == SENDING, messages.c.lease_until < now)
-            ).scalars()
-        )
+        query = select(messages.c.id).where(expired)
+        if store.is_postgres(conn):
+            query = query.with_for_update(skip_locked=True)
+        ids = list(conn.execute(query).scalars())
         if ids:
             conn.execute(
                 update(messages)
-                .where(messages.c.id.in_(ids), messages.c.status == SENDING)
+                .where(messages.c.id.in_(ids), expired)
                 .values(
                     status=PENDING, lease_until=None, claimed_by=None, next_attempt_at=now, updated_at=now
                 )
@@ -82,6 +141,7 @@ def claim(engine: Engine, settings: Settings, limit: int, now: datetime, worker:
             select(messages.c.id)
             .where(
                 messages.c.status == PENDING,
+                messages.c.digest_id.is_(None),  # updates carried by a digest go with it
                 or_(messages.c.next_attempt_at.is_(None), messages.c.next_attempt_at <= now),
                 or_(messages.c.not_before.is_(None), messages.c.not_before <= now),
             )
@@ -110,21 +170,68 @@ def claim(engine: Engine, settings: Settings, limit: int, now: datetime, worker:
         )
 
 
-def _finish(
-    engine: Engine, message_id: int, worker: str, now: datetime, values: dict, action: str, detail: str
-) -> bool:
-    """Record one outcome, only if this worker still holds the lease."""
+def _finish(engine: Engine, worker: str, outcome: _Outcome) -> bool:
+    """Record one outcome, only if this worker still holds the lease.
+
+    An acceptance is recorded even if the lease ran out meanwhile, as long as
+    nobody has claimed the message again: it did go, sending it again would
+    be a double.
+    """
+    mine = and_(messages.c.status == SENDING, messages.c.claimed_by == worker)
+    released = and_(messages.c.status == PENDING, messages.c.claimed_by.is_(None))
+    allowed = or_(mine, released) if outcome.action == "sent" else mine
     with store.write(engine) as conn:
+        values = {"lease_until": None, "updated_at": outcome.at, "claimed_by": None, **outcome.values}
+        if outcome.values.get("status") != PENDING:
+            values["claimed_by"] = worker  # who sent (or failed) it stays on record
         result = conn.execute(
-            update(messages)
-            .where(messages.c.id == message_id, messages.c.status == SENDING, messages.c.claimed_by == worker)
-            .values(lease_until=None, updated_at=now, **values)
+            update(messages).where(messages.c.id == outcome.message_id, allowed).values(**values)
         )
         if result.rowcount:
-            _trail(conn, message_id, now, action, detail)
-    if not result.rowcount:
-        log.warning("message %s: lease lost before its outcome was recorded (%s)", message_id, action)
-    return bool(result.rowcount)
+            _trail(conn, outcome.message_id, outcome.at, outcome.action, outcome.detail)
+            settle_members(conn, outcome.message_id, outcome.values.get("status"), outcome.at)
+            return True
+        current = conn.execute(
+            select(messages.c.status, messages.c.claimed_by).where(messages.c.id == outcome.message_id)
+        ).first()
+    if current is not None and current.status == outcome.values.get("status") == SENT:
+        return True  # written already: the commit went through before the connection dropped
+    log.warning(
+        "message %s: lease lost before its outcome was recorded (%s)", outcome.message_id, outcome.action
+    )
+    return False
+
+
+def _record(engine: Engine, worker: str, outcome: _Outcome) -> bool:
+    """Write an outcome now, or keep it for the next pass if the database is away."""
+    try:
+        return _finish(engine, worker, outcome)
+    except DB_ERRORS:
+        _backlog(engine, worker).outcomes.append(outcome)
+        log.error(
+            "message %s: %s, but the database is unavailable; will record it when it is back",
+            outcome.message_id,
+            outcome.action,
+        )
+        raise
+
+
+def flush_backlog(engine: Engine, worker: str, now: datetime) -> int:
+    """Write what could not be written during an outage; hand back claims left unsent."""
+    backlog = _backlog(engine, worker)
+    written = 0
+    while backlog.outcomes:
+        _finish(engine, worker, backlog.outcomes[0])
+        backlog.outcomes.pop(0)
+        written += 1
+    if backlog.release:
+        ids = sorted(backlog.release)
+        with store.write(engine) as conn:
+            _hand_back(conn, ids, worker, now, "", now, "the database was unavailable mid-batch")
+        backlog.release.clear()
+    if written:
+        log.warning("recorded %d outcome(s) held while the database was unavailable", written)
+    return written
 
 
 def _release(engine: Engine, rows: list, worker: str, now: datetime, reason: str, retry_at: datetime) -> None:
@@ -132,92 +239,109 @@ def _release(engine: Engine, rows: list, worker: str, now: datetime, reason: str
     if not rows:
         return
     with store.write(engine) as conn:
-        ids = list(
-            conn.execute(
-                select(messages.c.id).where(
-                    messages.c.id.in_([row.id for row in rows]),
-                    messages.c.status == SENDING,
-                    messages.c.claimed_by == worker,
-                )
-            ).scalars()
-        )
-        conn.execute(
-            update(messages)
-            .where(messages.c.id.in_(ids), messages.c.status == SENDING, messages.c.claimed_by == worker)
-            .values(
-                status=PENDING,
-                lease_until=None,
-                claimed_by=None,
-                next_attempt_at=retry_at,
-                last_error=reason or messages.c.last_error,
-                updated_at=now,
-            )
-        )
-        for message_id in ids:
-            _trail(conn, message_id, now, "deferred" if reason else "released", reason or "service stopping")
+        _hand_back(conn, [row.id for row in rows], worker, now, reason, retry_at, "service stopping")
 
 
-def _renew(engine: Engine, settings: Settings, worker: str, now: datetime) -> datetime:
+def _hand_back(
+    conn: Connection, ids: list[int], worker: str, now: datetime, reason: str, retry_at, why: str
+) -> None:
+    """Claims of this worker back to ``pending``: ``deferred`` with a reason, else ``released``."""
+    mine = and_(messages.c.status == SENDING, messages.c.claimed_by == worker)
+    held = list(conn.execute(select(messages.c.id).where(messages.c.id.in_(ids), mine)).scalars())
+    if not held:
+        return
+    conn.execute(
+        update(messages)
+        .where(messages.c.id.in_(held), mine)
+        .values(
+            status=PENDING,
+            lease_until=None,
+            claimed_by=None,
+            next_attempt_at=retry_at,
+            last_error=reason or messages.c.last_error,
+            updated_at=now,
+        )
+    )
+    for message_id in held:
+        _trail(conn, message_id, now, "deferred" if reason else "released", reason or why)
+
+
+def _renew(engine: Engine, settings: Settings, worker: str, ids: list[int], now: datetime):
+    """Extend the lease on the messages still ours; returns the new expiry and those ids."""
     lease_until = now + timedelta(seconds=settings.lease_seconds)
+    mine = and_(messages.c.id.in_(ids), messages.c.status == SENDING, messages.c.claimed_by == worker)
     with store.write(engine) as conn:
-        conn.execute(
-            update(messages)
-            .where(messages.c.status == SENDING, messages.c.claimed_by == worker)
-            .values(lease_until=lease_until)
-        )
-    return lease_until
+        conn.execute(update(messages).where(mine).values(lease_until=lease_until))
+        held = set(conn.execute(select(messages.c.id).where(mine)).scalars())
+    return lease_until, held
 
 
 def deliver(
     engine: Engine, settings: Settings, backend: Backend, row, worker: str, clock: Clock, report: SendReport
 ) -> None:
     """Send one claimed message and record what happened to it."""
-    now = clock()
     attempts = row.attempts + 1
     try:
-        response = backend.send(build_email(row, settings, now), settings.from_addr, row.recipient)
+        msg = build_email(row, settings, clock())
+    except Exception as exc:  # a stored row no email can be made of: it will never go
+        _failed(
+            engine, row, worker, clock(), attempts, f"cannot build the email: {_describe(exc)}", "", report
+        )
+        return
+    try:
+        response = backend.send(msg, settings.from_addr, row.recipient)
     except PermanentError as exc:
-        values = {"status": FAILED, "attempts": attempts, "last_error": str(exc), "smtp_response": exc.reply}
-        _finish(engine, row.id, worker, clock(), values, "failed", str(exc))
-        report.failed.append(row.id)
-        log.error("message %s failed permanently: %s", row.id, exc)
+        _failed(engine, row, worker, clock(), attempts, one_line(exc), one_line(exc.reply), report)
         return
     except TransientError as exc:
-        if attempts >= settings.max_attempts:
-            detail = f"gave up after {attempts} attempts: {exc}"
-            values = {
-                "status": FAILED,
-                "attempts": attempts,
-                "last_error": detail,
-                "smtp_response": exc.reply,
-            }
-            _finish(engine, row.id, worker, clock(), values, "failed", detail)
-            report.failed.append(row.id)
-            log.error("message %s failed: %s", row.id, detail)
-            return
-        retry_at = clock() + backoff(settings, attempts)
-        values = {
-            "status": PENDING,
-            "attempts": attempts,
-            "last_error": str(exc),
-            "next_attempt_at": retry_at,
-            "claimed_by": None,
-        }
-        detail = f"{exc}; retry after {retry_at:%Y-%m-%d %H:%M:%S} UTC"
-        _finish(engine, row.id, worker, clock(), values, "deferred", detail)
-        report.deferred.append(row.id)
-        log.warning("message %s deferred (attempt %d): %s", row.id, attempts, exc)
+        _transient(
+            engine, settings, row, worker, clock(), attempts, one_line(exc), one_line(exc.reply), report
+        )
         return
+    except BatchAbort:
+        raise
+    except Exception as exc:  # a backend bug or an odd reply: retry this one, keep the batch going
+        backend.close()
+        log.debug("message %s: unexpected error from the %s backend", row.id, backend.name, exc_info=True)
+        _transient(engine, settings, row, worker, clock(), attempts, _describe(exc), "", report)
+        return
+    now, response = clock(), one_line(response)
     values = {
         "status": SENT,
         "attempts": attempts,
-        "sent_at": clock(),
+        "sent_at": now,
         "smtp_response": response,
         "last_error": None,
     }
-    if _finish(engine, row.id, worker, clock(), values, "sent", response):
+    if _record(engine, worker, _Outcome(row.id, now, values, "sent", response)):
         report.sent.append(row.id)
         log.info("message %s sent to %s: %s", row.id, row.recipient, response)
+
+
+def _describe(exc: BaseException) -> str:
+    return one_line(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
+
+
+def _failed(engine, row, worker, now, attempts: int, error: str, reply: str, report: SendReport) -> None:
+    values = {"status": FAILED, "attempts": attempts, "last_error": error, "smtp_response": reply or None}
+    _record(engine, worker, _Outcome(row.id, now, values, "failed", error))
+    report.failed.append(row.id)
+    log.error("message %s failed: %s", row.id, error)
+
+
+def _transient(engine, settings, row, worker, now, attempts: int, error: str, reply: str, report) -> None:
+    """Try again after a growing delay, or give up after the last attempt."""
+    if attempts >= settings.max_attempts:
+        _failed(
+            engine, row, worker, now, attempts, f"gave up after {attempts} attempts: {error}", reply, report
+        )
+        return
+    retry_at = now + backoff(settings, attempts)
+    values = {"status": PENDING, "attempts": attempts, "last_error": error, "next_attempt_at": retry_at}
+    detail = f"{error}; retry after {retry_at:%Y-%m-%d %H:%M:%S} UTC"
+    _record(engine, worker, _Outcome(row.id, now, values, "deferred", detail))
+    report.deferred.append(row.id)
+    log.warning("message %s deferred (attempt %d): %s", row.id, attempts, error)
 
 
 def send_due(
@@ -230,7 +354,8 @@ def send_due(
     worker: str | None = None,
 ) -> SendReport:
     """Deliver due messages in batches until none is due, ``limit`` is reached or ``stop`` is set."""
-    worker = worker or worker_name()
+    worker = worker or _default_worker()
+    flush_backlog(engine, worker, clock())
     report = SendReport(released=release_expired(engine, clock()))
     remaining = limit
     while not (stop and stop.is_set()) and (remaining is None or remaining > 0):
@@ -245,9 +370,18 @@ def send_due(
     return report
 
 
+_PROCESS_WORKER: dict[int, str] = {}
+
+
+def _default_worker() -> str:
+    """One name per process (a fork gets its own), so its backlog is found again."""
+    return _PROCESS_WORKER.setdefault(os.getpid(), worker_name())
+
+
 def _send_batch(engine, settings, backend, batch, worker, clock, stop, report) -> bool:
     """One connection for the batch; False when sending must stop for now."""
     lease_until = clock() + timedelta(seconds=settings.lease_seconds)
+    held = {row.id for row in batch}
     try:
         backend.open()
         for index, row in enumerate(batch):
@@ -255,18 +389,32 @@ def _send_batch(engine, settings, backend, batch, worker, clock, stop, report) -
                 _release(engine, batch[index:], worker, clock(), "", clock())
                 return False
             if clock() > lease_until - timedelta(seconds=settings.lease_seconds / 2):
-                lease_until = _renew(engine, settings, worker, clock())
+                lease_until, held = _renew(engine, settings, worker, [r.id for r in batch[index:]], clock())
+            if row.id not in held:
+                log.warning("message %s: lease lost before sending; left to its new sender", row.id)
+                continue
             deliver(engine, settings, backend, row, worker, clock, report)
     except BatchAbort as exc:
         now = clock()
-        unsent = [row for row in batch if row.id not in {*report.sent, *report.deferred, *report.failed}]
-        _release(engine, unsent, worker, now, str(exc), now + timedelta(seconds=settings.retry_base_seconds))
-        report.aborted = str(exc)
-        log.error("sending stopped, %d message(s) left queued: %s", len(unsent), exc)
+        unsent = [row for row in batch if row.id not in _done(report)]
+        reason = one_line(exc)
+        _release(engine, unsent, worker, now, reason, now + timedelta(seconds=settings.retry_base_seconds))
+        report.aborted = reason
+        log.error("sending stopped, %d message(s) left queued: %s", len(unsent), reason)
         return False
+    except DB_ERRORS:
+        # The database went away mid-batch: what is not sent is handed back when it returns.
+        backlog = _backlog(engine, worker)
+        waiting = {o.message_id for o in backlog.outcomes}
+        backlog.release.update(row.id for row in batch if row.id not in _done(report) | waiting)
+        raise
     finally:
         backend.close()
     return True
+
+
+def _done(report: SendReport) -> set[int]:
+    return {*report.sent, *report.deferred, *report.failed}
 
 
 def retry_failed(engine: Engine, now: datetime, ids: list[int] | None = None) -> int:

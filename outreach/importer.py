@@ -12,7 +12,7 @@ import csv
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import date, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -23,6 +23,7 @@ from outreach.errors import ImportFileError, OutreachError
 from outreach.instruments import lookup
 from outreach.models import CLIENT_STATUSES, EVENT_KINDS, clients, events, measurements, physicians
 from outreach.settings import EMAIL_RE, Settings
+from outreach.windows import parse_window
 
 KINDS = ("physicians", "clients", "events", "measures")
 
@@ -50,7 +51,19 @@ class Spec:
 
 SPECS = {
     "physicians": Spec(
-        ("email", "name", "credentials", "specialty", "clinic", "phone", "fax", "timezone"), ("email", "name")
+        (
+            "email",
+            "name",
+            "credentials",
+            "specialty",
+            "clinic",
+            "phone",
+            "fax",
+            "timezone",
+            "send_window",
+            "weekly_cap",
+        ),
+        ("email", "name"),
     ),
     "clients": Spec(
         (
@@ -65,6 +78,8 @@ SPECS = {
             "consent_date",
             "status",
             "consent_expires",
+            "plan",
+            "next_reassessment",
         ),
         ("ref", "first_name", "last_name", "physician_email"),
     ),
@@ -115,7 +130,13 @@ def parse_datetime(value: str, column: str, tz: ZoneInfo) -> datetime:
         raise RowError(f"{column}: {value!r} is not a date-time (ISO 8601, e.g. 2026-11-26T09:30)") from None
     if len(value) == 10:
         parsed = datetime.combine(parsed.date(), time(9, 0))
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=tz)
+    parsed = parsed if parsed.tzinfo else parsed.replace(tzinfo=tz)
+    try:
+        if parsed.astimezone(UTC).year < 1900:
+            raise RowError(f"{column}: {value!r} is before 1900")
+    except OverflowError:
+        raise RowError(f"{column}: {value!r} is out of range") from None
+    return parsed
 
 
 def parse_score(value: str, instrument_name: str) -> tuple[str, float]:
@@ -211,7 +232,9 @@ def import_file(
             try:
                 if missing:
                     raise RowError(f"{', '.join(missing)}: required but empty")
-                good.append(checker.check(raw))
+                values = checker.check(raw)
+                fits(checker.table, values)
+                good.append(values)
             except RowError as exc:
                 problems.append(f"{path}:{line}: {exc}")
         if problems and not skip_invalid:
@@ -223,7 +246,21 @@ def import_file(
     return report
 
 
+def fits(table, values: dict) -> None:
+    """Refuse what the database cannot hold: NUL characters, text longer than its column."""
+    for column, value in values.items():
+        if not isinstance(value, str):
+            continue
+        if "\x00" in value:
+            raise RowError(f"{column}: contains a NUL character")
+        limit = getattr(table.c[column].type, "length", None)
+        if limit and len(value) > limit:
+            raise RowError(f"{column}: longer than {limit} characters")
+
+
 class _Checker:
+    table = None
+
     def __init__(self, conn: Connection, settings: Settings, now: datetime):
         self.conn, self.settings, self.now = conn, settings, now
         self.seen: set = set()
@@ -241,6 +278,8 @@ class _Checker:
 
 
 class _Physicians(_Checker):
+    table = physicians
+
     def check(self, raw: dict) -> dict:
         values = {"email": parse_email(raw["email"])}
         self.once(values["email"], "email")
@@ -257,6 +296,17 @@ class _Physicians(_Checker):
                 ) from None
         if "timezone" in raw:
             values["timezone"] = zone or None
+        if "send_window" in raw:
+            window = raw["send_window"].strip()
+            try:
+                values["send_window"] = str(parse_window(window)) if window else None
+            except ValueError as exc:
+                raise RowError(f"send_window: {exc}") from None
+        if "weekly_cap" in raw:
+            cap = raw["weekly_cap"].strip()
+            if cap and (not cap.isdigit() or not 1 <= int(cap) <= 100):
+                raise RowError(f"weekly_cap: {cap!r} is not a whole number from 1 to 100")
+            values["weekly_cap"] = int(cap) if cap else None
         return values
 
     def write(self, values: dict) -> str:
@@ -264,6 +314,8 @@ class _Physicians(_Checker):
 
 
 class _Clients(_Checker):
+    table = clients
+
     def check(self, raw: dict) -> dict:
         values = {"ref": single_line(raw["ref"], "ref")}
         self.once(values["ref"], "ref")
@@ -278,9 +330,11 @@ class _Clients(_Checker):
             if column in raw:
                 values[column] = parse_date(raw[column], column)
                 not_in_future(values[column] if column != "consent_expires" else None, self.now, column)
-        for column in ("diagnosis", "precautions", "goals"):
+        for column in ("diagnosis", "precautions", "goals", "plan"):
             if column in raw:
                 values[column] = raw[column].strip()
+        if "next_reassessment" in raw:
+            values["next_reassessment"] = parse_date(raw["next_reassessment"], "next_reassessment")
         status = raw.get("status", "").strip().lower()
         if status:
             if status not in CLIENT_STATUSES:
@@ -293,6 +347,8 @@ class _Clients(_Checker):
 
 
 class _Events(_Checker):
+    table = events
+
     def check(self, raw: dict) -> dict:
         client_id = self.client_id(raw["client_ref"])
         kind = parse_event_kind(raw["kind"])
@@ -306,6 +362,8 @@ class _Events(_Checker):
 
 
 class _Measures(_Checker):
+    table = measurements
+
     def check(self, raw: dict) -> dict:
         client_id = self.client_id(raw["client_ref"])
         code, score = parse_score(raw["score"], raw["instrument"])

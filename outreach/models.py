@@ -107,6 +107,8 @@ physicians = Table(
     Column("fax", String(50), nullable=False, default=""),
     Column("timezone", String(64), nullable=True),
     Column("opted_out_on", Date, nullable=True),
+    Column("send_window", String(100), nullable=True),  # e.g. "Mon-Fri 08:00-17:00"
+    Column("weekly_cap", Integer, nullable=True),
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
 )
@@ -125,7 +127,10 @@ clients = Table(
     Column("goals", Text, nullable=False, default=""),
     Column("consent_date", Date, nullable=True),
     Column("consent_expires", Date, nullable=True),
+    Column("consent_revoked_on", Date, nullable=True),
     Column("status", String(20), nullable=False, default="referred"),
+    Column("plan", Text, nullable=False, default=""),
+    Column("next_reassessment", Date, nullable=True),
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
 )
@@ -170,6 +175,10 @@ messages = Table(
     Column("html", Text, nullable=False),
     Column("text", Text, nullable=False),
     Column("priority", SmallInteger, nullable=False, default=PRIORITY_NORMAL),
+    Column("kind", String(20), nullable=False, default="clinical"),  # or relationship, digest
+    Column("section_html", Text, nullable=False, default=""),  # this update as a digest section
+    Column("section_text", Text, nullable=False, default=""),
+    Column("digest_id", Integer, ForeignKey("messages.id"), nullable=True, index=True),
     Column("status", String(20), nullable=False),
     Column("not_before", UTCDateTime, nullable=True),
     Column("attempts", Integer, nullable=False, default=0),

@@ -15,17 +15,19 @@ import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import Connection, Engine, String, cast, exists, func, literal, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 
 from outreach import store
 from outreach.context import MIN_COHORT, client_context, physician_context
+from outreach.digest import BatchReport, batch
 from outreach.errors import RenderError
 from outreach.models import (
     CANCELLED,
     FAILED,
     PENDING,
+    PRIORITIES,
     SENDING,
     SENT,
     SUPPRESSED,
@@ -35,9 +37,11 @@ from outreach.models import (
     messages,
     physicians,
 )
-from outreach.renderer import Renderer
+from outreach.outbox import insert_message, trail
+from outreach.renderer import Rendered, Renderer
 from outreach.rules import Rule
 from outreach.settings import Settings
+from outreach.windows import parse_window
 
 log = logging.getLogger(__name__)
 CHUNK = 500
@@ -57,6 +61,8 @@ class Draft:
     event_id: int | None = None
     period: dict | None = None
     suppress_reason: str | None = None
+    physician_tz: str | None = None
+    send_window: str | None = None
 
 
 @dataclass
@@ -65,6 +71,9 @@ class PlanReport:
     suppressed: list[Draft] = field(default_factory=list)
     failed: list[tuple[Draft, str]] = field(default_factory=list)
     cancelled: int = 0
+    consent_suppressed: int = 0  # pending messages whose consent went away
+    revived: int = 0  # suppressed messages sent after all, consent now on record
+    digests: BatchReport | None = None  # updates combined or held for the weekly cap
 
     @property
     def total(self) -> int:
@@ -95,7 +104,20 @@ def _recipient_columns():
         physicians.c.email,
         physicians.c.name.label("physician_name"),
         physicians.c.credentials,
+        physicians.c.timezone.label("physician_tz"),
+        physicians.c.send_window,
     )
+
+
+def _recipient(row) -> dict:
+    """The Draft fields that say who gets the email and when they read mail."""
+    return {
+        "physician_id": row.physician_id,
+        "recipient": row.email,
+        "recipient_name": _recipient_name(row),
+        "physician_tz": row.physician_tz,
+        "send_window": row.send_window,
+    }
 
 
 def _recipient_name(row) -> str:
@@ -103,6 +125,9 @@ def _recipient_name(row) -> str:
 
 
 def _consent_problem(row, today: date) -> str | None:
+    """Why health information about this client may not be shared today, or None."""
+    if row.consent_revoked_on is not None and row.consent_revoked_on <= today:
+        return f"consent revoked on {row.consent_revoked_on}"
     if row.consent_date is None:
         return "no consent to share health information on record"
     if row.consent_date > today:
@@ -122,6 +147,7 @@ def _due_on_event(conn: Connection, rule: Rule, now: datetime) -> list[Draft]:
             clients.c.ref,
             clients.c.consent_date,
             clients.c.consent_expires,
+            clients.c.consent_revoked_on,
             *_recipient_columns(),
         )
         .select_from(events.join(clients).join(physicians))
@@ -134,20 +160,51 @@ def _due_on_event(conn: Connection, rule: Rule, now: datetime) -> list[Draft]:
         .order_by(events.c.occurred_at, events.c.id)
     )
     today = now.date()
+    found = conn.execute(query).all()
+    if rule.consecutive:
+        found = [row for row in found if _ends_streak(conn, row.event_id, rule.consecutive)]
     return [
         Draft(
             rule=rule,
             dedupe_key=f"{rule.name}:event:{row.event_id}",
-            physician_id=row.physician_id,
-            recipient=row.email,
-            recipient_name=_recipient_name(row),
+            **_recipient(row),
             client_id=row.client_id,
             client_ref=row.ref,
             event_id=row.event_id,
             suppress_reason=_consent_problem(row, today) if rule.consent_required else None,
         )
-        for row in conn.execute(query)
+        for row in found
     ]
+
+
+SESSION_KINDS = ("session_attended", "session_missed")
+
+
+def _ends_streak(conn: Connection, event_id: int, length: int) -> bool:
+    """This missed session is exactly the ``length``-th missed in a row (not the 4th of 3)."""
+    event = conn.execute(
+        select(events.c.client_id, events.c.occurred_at).where(events.c.id == event_id)
+    ).one()
+    kinds = (
+        conn.execute(
+            select(events.c.kind)
+            .where(
+                events.c.client_id == event.client_id,
+                events.c.kind.in_(SESSION_KINDS),
+                events.c.occurred_at <= event.occurred_at,
+            )
+            .order_by(events.c.occurred_at.desc(), events.c.id.desc())
+            .limit(length + 1)
+        )
+        .scalars()
+        .all()
+    )
+    streak = kinds[:length]
+    return (
+        len(streak) == length
+        and all(k == "session_missed" for k in streak)
+        and (len(kinds) == length or kinds[length] != "session_missed")
+    )
 
 
 def _due_recurring_client(conn: Connection, rule: Rule, settings: Settings, now: datetime) -> list[Draft]:
@@ -167,6 +224,7 @@ def _due_recurring_client(conn: Connection, rule: Rule, settings: Settings, now:
             clients.c.ref,
             clients.c.consent_date,
             clients.c.consent_expires,
+            clients.c.consent_revoked_on,
             anchor.label("anchor"),
             *_recipient_columns(),
         )
@@ -188,9 +246,7 @@ def _due_recurring_client(conn: Connection, rule: Rule, settings: Settings, now:
         Draft(
             rule=rule,
             dedupe_key=key,
-            physician_id=row.physician_id,
-            recipient=row.email,
-            recipient_name=_recipient_name(row),
+            **_recipient(row),
             client_id=row.client_id,
             client_ref=row.ref,
             suppress_reason=_consent_problem(row, today) if rule.consent_required else None,
@@ -246,9 +302,7 @@ def _due_recurring_physician(conn: Connection, rule: Rule, settings: Settings, n
         Draft(
             rule=rule,
             dedupe_key=key,
-            physician_id=row.physician_id,
-            recipient=row.email,
-            recipient_name=_recipient_name(row),
+            **_recipient(row),
             period=period,
         )
         for key, row in _not_yet_queued(conn, candidates)
@@ -295,6 +349,7 @@ def plan(
     """Queue every due email, rendered; record why any is suppressed or failed."""
     report = PlanReport()
     report.cancelled = cancel_for_discharged(engine, rules, now)
+    report.consent_suppressed, report.revived = reconsider_consent(engine, settings, rules, renderer, now)
     # Event rules first: a recurring report is not due when the same template
     # was just queued for a milestone (a reassessment report resets the clock).
     for rule in sorted(rules, key=lambda r: r.trigger != "event"):
@@ -302,6 +357,7 @@ def plan(
             drafts = find_due(conn, [rule], settings, now)
         for draft in drafts:
             _queue(engine, settings, renderer, draft, now, report)
+    report.digests = batch(engine, settings, renderer, now)
     if report.total or report.cancelled:
         log.info(
             "planned: %d queued, %d suppressed, %d failed, %d cancelled",
@@ -324,19 +380,21 @@ def _render_draft(engine: Engine, settings: Settings, renderer: Renderer, draft:
 def _queue(
     engine: Engine, settings: Settings, renderer: Renderer, draft: Draft, now: datetime, report: PlanReport
 ) -> None:
-    error = None
     try:
         rendered = _render_draft(engine, settings, renderer, draft, now)
-        subject, html, text = rendered.subject, rendered.html, rendered.text
+        error = None
     except RenderError as exc:
+        rendered = Rendered(f"(not rendered: {draft.rule.template})", "", "")
         error = str(exc)
-        subject, html, text = f"(not rendered: {draft.rule.template})", "", ""
+    not_before = None
     if error:
         status, detail = FAILED, error
     elif draft.suppress_reason:
         status, detail = SUPPRESSED, draft.suppress_reason
     else:
         status, detail = PENDING, ""
+        if draft.rule.priority == PRIORITIES["normal"]:
+            not_before, detail = hold_for_window(settings, draft.physician_tz, draft.send_window, now)
     row = {
         "rule": draft.rule.name,
         "template": draft.rule.template,
@@ -345,14 +403,18 @@ def _queue(
         "physician_id": draft.physician_id,
         "recipient": draft.recipient,
         "recipient_name": draft.recipient_name,
-        "subject": subject,
-        "html": html,
-        "text": text,
+        "subject": rendered.subject,
+        "html": rendered.html,
+        "text": rendered.text,
+        "section_html": rendered.section_html,
+        "section_text": rendered.section_text,
+        "kind": draft.rule.kind,
         "priority": draft.rule.priority,
         "status": status,
         "attempts": 0,
+        "not_before": not_before,
         "next_attempt_at": now if status == PENDING else None,
-        "last_error": detail or None,
+        "last_error": detail if status != PENDING else None,
         "message_id": f"<{uuid.uuid4().hex}@{settings.from_domain}>",
         "created_at": now,
         "updated_at": now,
@@ -362,9 +424,7 @@ def _queue(
         if message_id is None:
             return  # another planner queued it first
         action = {PENDING: "queued", SUPPRESSED: "suppressed", FAILED: "failed"}[status]
-        conn.execute(
-            message_events.insert().values(message_id=message_id, at=now, action=action, detail=detail)
-        )
+        trail(conn, message_id, now, action, detail)
     if status == PENDING:
         report.queued.append(draft)
     elif status == SUPPRESSED:
@@ -375,16 +435,17 @@ def _queue(
         log.error("message %s failed to render: %s", message_id, detail)
 
 
-def insert_message(conn: Connection, row: dict) -> int | None:
-    """Insert unless the dedupe key exists; the new id, or None on conflict."""
-    dialect = postgresql if store.is_postgres(conn) else sqlite
-    statement = (
-        dialect.insert(messages)
-        .values(**row)
-        .on_conflict_do_nothing(index_elements=["dedupe_key"])
-        .returning(messages.c.id)
-    )
-    return conn.execute(statement).scalar()
+def hold_for_window(
+    settings: Settings, tz_name: str | None, window_text: str | None, now: datetime
+) -> tuple[datetime | None, str]:
+    """When non-urgent mail to this physician may leave, and the reason it waits."""
+    tz = ZoneInfo(tz_name) if tz_name else settings.tz
+    window = parse_window(window_text or settings.send_window)
+    opening = window.next_opening(now, tz)
+    if opening <= now:
+        return None, ""
+    local = opening.astimezone(tz)
+    return opening, f"held for the physician's send window ({window}): leaves {local:%a %d %b %H:%M %Z}"
 
 
 def cancel_for_discharged(engine: Engine, rules: list[Rule], now: datetime) -> int:
@@ -449,3 +510,109 @@ def preview(
                     raise NotFound(f"client {client_ref} has no {rule.event} event to report on")
             context = client_context(conn, settings, rule, client.id, now, event_id)
     return renderer.render(rule.template, context)
+
+
+# --- consent changes after queuing ---------------------------------------------------
+
+
+CONSENT_WORDS = ("consent",)
+
+
+def reconsider_consent(
+    engine: Engine, settings: Settings, rules: list[Rule], renderer: Renderer, now: datetime
+) -> tuple[int, int]:
+    """Apply consent recorded or withdrawn since messages were queued.
+
+    A pending message about a client whose consent is no longer valid is
+    suppressed before it leaves; a message suppressed for want of consent is
+    rendered afresh and queued once consent is on record (within the rule's
+    ``max_age``, so a months-old report is not sent out of the blue).
+    Returns (suppressed, revived).
+    """
+    by_name = {r.name: r for r in rules if r.consent_required and r.scope == "client"}
+    if not by_name:
+        return 0, 0
+    today = now.astimezone(settings.tz).date()
+    with store.read(engine) as conn:
+        rows = conn.execute(
+            select(
+                messages.c.id,
+                messages.c.status,
+                messages.c.rule,
+                messages.c.dedupe_key,
+                messages.c.created_at,
+                messages.c.last_error,
+                clients.c.id.label("client_id"),
+                clients.c.ref,
+                clients.c.consent_date,
+                clients.c.consent_expires,
+                clients.c.consent_revoked_on,
+                *_recipient_columns(),
+            )
+            .select_from(messages.join(clients).join(physicians, physicians.c.id == clients.c.physician_id))
+            .where(
+                messages.c.rule.in_(list(by_name)),
+                messages.c.digest_id.is_(None),
+                (messages.c.status == PENDING)
+                | ((messages.c.status == SUPPRESSED) & messages.c.last_error.contains("consent")),
+            )
+        ).all()
+    suppressed = revived = 0
+    for row in rows:
+        problem = _consent_problem(row, today)
+        if row.status == PENDING and problem:
+            suppressed += _set_status(engine, row.id, PENDING, SUPPRESSED, now, f"{problem}: not sent")
+        elif row.status == SUPPRESSED and not problem and now - row.created_at <= by_name[row.rule].max_age:
+            revived += _revive(engine, settings, renderer, by_name[row.rule], row, now)
+    return suppressed, revived
+
+
+def _set_status(engine: Engine, message_id: int, old: str, new: str, now: datetime, detail: str) -> int:
+    with store.write(engine) as conn:
+        done = conn.execute(
+            update(messages)
+            .where(messages.c.id == message_id, messages.c.status == old)
+            .values(status=new, last_error=detail, updated_at=now)
+        ).rowcount
+        if done:
+            action = {SUPPRESSED: "suppressed", CANCELLED: "cancelled"}.get(new, "queued")
+            trail(conn, message_id, now, action, detail)
+    if done:
+        log.info("message %s %s: %s", message_id, new, detail)
+    return done
+
+
+def _revive(engine: Engine, settings: Settings, renderer: Renderer, rule: Rule, row, now: datetime) -> int:
+    """Render a consent-suppressed message afresh and queue it."""
+    event_id = int(row.dedupe_key.rsplit(":", 1)[1]) if rule.event else None
+    draft = Draft(rule=rule, dedupe_key=row.dedupe_key, client_id=row.client_id, client_ref=row.ref,
+                  event_id=event_id, **_recipient(row))  # fmt: skip
+    try:
+        rendered = _render_draft(engine, settings, renderer, draft, now)
+    except RenderError as exc:
+        log.error("message %s could not be rendered again: %s", row.id, exc)
+        return 0
+    not_before, held = (None, "")
+    if rule.priority == PRIORITIES["normal"]:
+        not_before, held = hold_for_window(settings, row.physician_tz, row.send_window, now)
+    with store.write(engine) as conn:
+        done = conn.execute(
+            update(messages)
+            .where(messages.c.id == row.id, messages.c.status == SUPPRESSED)
+            .values(
+                status=PENDING,
+                subject=rendered.subject,
+                html=rendered.html,
+                text=rendered.text,
+                section_html=rendered.section_html,
+                section_text=rendered.section_text,
+                not_before=not_before,
+                next_attempt_at=now,
+                last_error=None,
+                updated_at=now,
+            )
+        ).rowcount
+        if done:
+            detail = "consent now on record: rendered again and queued" + (f"; {held}" if held else "")
+            trail(conn, row.id, now, "queued", detail)
+    return done

@@ -29,6 +29,8 @@ class Rendered:
     subject: str
     html: str
     text: str
+    section_html: str = ""  # the same update as one section of a digest (not inlined)
+    section_text: str = ""
 
 
 def _date(value: date | datetime | None, with_time: bool = False) -> str:
@@ -83,9 +85,15 @@ class Renderer:
             raise RenderError(f"template {template}: subject is empty")
         if len(subject) > MAX_SUBJECT:
             raise RenderError(f"template {template}: subject is longer than {MAX_SUBJECT} characters")
-        html = inline_css(self._render(template, "body.html", context))
-        text = self._render(template, "body.txt", context)
-        return Rendered(subject=subject, html=html, text=_tidy_text(text))
+        full = {**context, "section_only": False}
+        section = {**context, "section_only": True, "section_title": subject}
+        return Rendered(
+            subject=subject,
+            html=inline_css(self._render(template, "body.html", full)),
+            text=_tidy_text(self._render(template, "body.txt", full)),
+            section_html=self._render(template, "body.html", section),
+            section_text=_tidy_text(self._render(template, "body.txt", section)),
+        )
 
     def _render(self, template: str, part: str, context: dict) -> str:
         name = f"{template}/{part}"

@@ -33,6 +33,7 @@ LOG_FIELDS = (
     "priority",
     "next_attempt_at",
     "smtp_response",
+    "digest_id",
 )
 
 
@@ -54,6 +55,7 @@ def _log_query():
         messages.c.priority,
         messages.c.next_attempt_at,
         messages.c.smtp_response,
+        messages.c.digest_id,
     ).select_from(messages.outerjoin(clients, clients.c.id == messages.c.client_id).outerjoin(
         physicians, physicians.c.id == messages.c.physician_id
     ))  # fmt: skip
@@ -127,6 +129,8 @@ def format_table(rows: list[dict], tz) -> str:
         note = row["last_error"] or ""
         if row["status"] == "sent" and row["sent_at"]:
             note = f"sent {row['sent_at'].astimezone(tz):%Y-%m-%d %H:%M}"
+        if row["digest_id"]:
+            note = f"in digest {row['digest_id']}" + (f", {note}" if note else "")
         table.append(
             (
                 str(row["id"]),
@@ -179,6 +183,13 @@ def show_message(conn: Connection, message_id: int, tz) -> str:
     ]
     if row.status == "pending":
         lines.append(f"Next try:    {when(row.next_attempt_at)}")
+    if row.digest_id:
+        lines.append(f"Digest:      carried by message {row.digest_id}")
+    if row.kind == "digest":
+        carried = conn.execute(
+            select(messages.c.id).where(messages.c.digest_id == row.id).order_by(messages.c.id)
+        )
+        lines.append(f"Carries:     messages {', '.join(str(i) for i in carried.scalars())}")
     if row.last_error:
         lines.append(f"Last error:  {row.last_error}")
     if row.smtp_response:

@@ -32,7 +32,7 @@ RULE_KEYS = {
     "kind",
     "enabled",
 }
-WHEN_KEYS = {"event", "every", "since", "scope"}
+WHEN_KEYS = {"event", "every", "since", "scope", "consecutive"}
 CALENDAR_PERIODS = ("month", "quarter")
 ANCHORS = (*EVENT_KINDS, "referral_date")
 DURATION_RE = re.compile(r"^\s*(\d+)\s*(m|h|d|w)\s*$")
@@ -50,6 +50,7 @@ class Rule:
     every: timedelta | None = None  # recurring by duration
     period: str | None = None  # recurring by calendar period (physician scope)
     since: str | None = None  # anchor of a client-level recurring rule
+    consecutive: int | None = None  # with session_missed: the Nth miss in a row
     delay: timedelta = timedelta(0)
     max_age: timedelta = timedelta(days=30)
     priority: int = PRIORITIES["normal"]
@@ -191,10 +192,21 @@ class _RuleBuilder:
             self.problem("when.event", f"unknown event kind {kind!r} (known: {', '.join(EVENT_KINDS)})")
         if scope != "client" or "since" in when:
             self.problem("when", "an event rule is about one client: no 'scope' or 'since'")
-        return {"scope": "client", "event": kind}
+        fields = {"scope": "client", "event": kind}
+        if "consecutive" in when:
+            count = when["consecutive"]
+            if kind != "session_missed":
+                self.problem("when.consecutive", 'only goes with event = "session_missed"')
+            elif not isinstance(count, int) or isinstance(count, bool) or not 2 <= count <= 20:
+                self.problem("when.consecutive", f"{count!r} is not a whole number from 2 to 20")
+            else:
+                fields["consecutive"] = count
+        return fields
 
     def _when_every(self, when: dict, scope: str) -> dict:
         every = when["every"]
+        if "consecutive" in when:
+            self.problem("when.consecutive", 'only goes with event = "session_missed"')
         if scope == "physician":
             if "since" in when:
                 self.problem("when.since", "a physician-level rule has no 'since'")

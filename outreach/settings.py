@@ -18,6 +18,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from outreach.errors import SettingsError
+from outreach.windows import parse_window
 
 BACKENDS = ("smtp", "file", "console")
 SECURITY_MODES = ("starttls", "ssl", "none")
@@ -82,6 +83,8 @@ class Settings:
     batch_size: int = 50
     tick_seconds: int = 60
     log_level: str = "INFO"
+    send_window: str = "Mon-Fri 08:00-17:00"
+    weekly_cap: int = 3
 
     @property
     def tz(self) -> ZoneInfo:
@@ -124,10 +127,12 @@ class Settings:
             max_attempts=reader.integer("MAX_ATTEMPTS", cls.max_attempts, 1, 100),
             retry_base_seconds=reader.integer("RETRY_BASE_SECONDS", cls.retry_base_seconds, 1),
             retry_max_seconds=reader.integer("RETRY_MAX_SECONDS", cls.retry_max_seconds, 1),
-            lease_seconds=reader.integer("LEASE_SECONDS", cls.lease_seconds, 5),
+            lease_seconds=reader.integer("LEASE_SECONDS", cls.lease_seconds, 1),
             batch_size=reader.integer("BATCH_SIZE", cls.batch_size, 1, 10_000),
             tick_seconds=reader.integer("TICK_SECONDS", cls.tick_seconds, 1, 86_400),
             log_level=reader.choice("LOG_LEVEL", cls.log_level, LOG_LEVELS, upper=True),
+            send_window=reader.window("SEND_WINDOW", cls.send_window),
+            weekly_cap=reader.integer("WEEKLY_CAP", cls.weekly_cap, 1, 100),
         )
         return settings
 
@@ -236,6 +241,16 @@ class _Reader:
             ZoneInfo(value)
         except (ZoneInfoNotFoundError, ValueError):
             raise self.fail(key, f"{value!r} is not an IANA time zone") from None
+        return value
+
+    def window(self, key: str, default: str) -> str:
+        value = self.raw(key)
+        if value is None:
+            return default
+        try:
+            parse_window(value)
+        except ValueError as exc:
+            raise self.fail(key, str(exc)) from None
         return value
 
     def directory(self, key: str, default: str) -> Path:

@@ -21,13 +21,12 @@ MIN_STALE = timedelta(minutes=3)
 
 
 def _upsert(engine: Engine, name: str, now: datetime, **values) -> None:
+    """Update this worker's row, or create it (a first heartbeat is also a start)."""
     with store.write(engine) as conn:
         done = conn.execute(update(workers).where(workers.c.name == name).values(**values)).rowcount
         if not done:
             conn.execute(
-                workers.insert().values(
-                    name=name, started_at=now, heartbeat_at=values.pop("heartbeat_at", now), **values
-                )
+                workers.insert().values({"started_at": now, "heartbeat_at": now, **values, "name": name})
             )
 
 
@@ -36,7 +35,16 @@ def heartbeat(engine: Engine, name: str, now: datetime) -> None:
 
 
 def started(engine: Engine, name: str, now: datetime) -> None:
-    _upsert(engine, name, now, started_at=now, heartbeat_at=now, stopped_at=None, last_error=None)
+    _upsert(
+        engine,
+        name,
+        now,
+        started_at=now,
+        heartbeat_at=now,
+        stopped_at=None,
+        last_error=None,
+        last_error_at=None,
+    )
 
 
 def stopped(engine: Engine, name: str, now: datetime) -> None:

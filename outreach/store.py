@@ -8,8 +8,9 @@ The schema is created and upgraded only through alembic migrations.
 
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -19,26 +20,45 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DataError, DBAPIError, InterfaceError, OperationalError, StatementError
 
-from outreach.errors import DatabaseError
+from outreach.errors import DatabaseError, SettingsError
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
-SQLITE_BUSY_SECONDS = 30
+SQLITE_BUSY_SECONDS = 30.0
+BUSY_KEY = "OUTREACH_DB_BUSY_SECONDS"
 
 
-def connect(url: str) -> Engine:
+def busy_seconds(env: Mapping[str, str] | None = None) -> float:
+    """How long a SQLite writer waits for another one before "database is locked".
+
+    ``OUTREACH_DB_BUSY_SECONDS`` (default 30): long enough to ride out a busy
+    moment, short enough that a service facing a stuck lock says so in its log.
+    """
+    value = (os.environ if env is None else env).get(BUSY_KEY, "").strip()
+    if not value:
+        return SQLITE_BUSY_SECONDS
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise SettingsError(f"{BUSY_KEY}: {value!r} is not a number of seconds") from None
+    if not 0 < seconds <= 3600:
+        raise SettingsError(f"{BUSY_KEY}: {value} is out of range (0 to 3600 seconds)")
+    return seconds
+
+
+def connect(url: str, busy: float | None = None) -> Engine:
     """An engine for the URL; SQLite gets WAL, foreign keys and immediate writes."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
-        return _sqlite_engine(parsed)
+        return _sqlite_engine(parsed, busy_seconds() if busy is None else busy)
     return create_engine(parsed, pool_pre_ping=True)
 
 
-def _sqlite_engine(url) -> Engine:
+def _sqlite_engine(url, busy: float) -> Engine:
     if url.database and url.database != ":memory:":
         _create_private_file(Path(url.database))
-    engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_SECONDS})
+    engine = create_engine(url, connect_args={"timeout": busy})
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection, _record):
@@ -47,7 +67,7 @@ def _sqlite_engine(url) -> Engine:
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_SECONDS * 1000}")
+        cursor.execute(f"PRAGMA busy_timeout={int(busy * 1000)}")
         cursor.close()
 
     @event.listens_for(engine, "begin")
@@ -79,8 +99,11 @@ def write(engine: Engine) -> Iterator[Connection]:
     try:
         with engine.begin() as conn:
             yield conn
-    except OperationalError as exc:
-        raise _unavailable(engine, exc) from None
+    except StatementError as exc:
+        error = _translate(engine, exc)
+        if error is exc:
+            raise
+        raise error from None
 
 
 @contextmanager
@@ -91,13 +114,36 @@ def read(engine: Engine) -> Iterator[Connection]:
             conn = conn.execution_options(readonly=True)
             with conn.begin():
                 yield conn
-    except OperationalError as exc:
-        raise _unavailable(engine, exc) from None
+    except StatementError as exc:
+        error = _translate(engine, exc)
+        if error is exc:
+            raise
+        raise error from None
 
 
-def _unavailable(engine: Engine, exc: OperationalError) -> DatabaseError:
+def _translate(engine: Engine, exc: StatementError) -> Exception:
+    """The database is unreachable or refused a value: one line a user can act on.
+
+    Anything else (a unique key taken, say) is the caller's to handle, as it was.
+    """
+    if isinstance(exc, OperationalError | InterfaceError):
+        return _unavailable(engine, exc)
+    if isinstance(exc, DataError) or not isinstance(exc, DBAPIError):
+        # A value the database cannot store (too long, NUL byte, date out of
+        # range): nothing was written, the transaction was rolled back.
+        return DatabaseError(f"database refused a value: {_reason(exc)}")
+    return exc
+
+
+def _reason(exc: StatementError) -> str:
+    cause = exc.orig if exc.orig is not None else exc
+    lines = str(cause).strip().splitlines()
+    return lines[0] if lines else type(cause).__name__
+
+
+def _unavailable(engine: Engine, exc: StatementError) -> DatabaseError:
     where = engine.url.render_as_string(hide_password=True)
-    reason = str(exc.orig).splitlines()[0] if exc.orig else str(exc).splitlines()[0]
+    reason = _reason(exc)
     if "no such table" in reason or ("does not exist" in reason and "relation" in reason):
         return DatabaseError(f"database {where} is not initialised: run `outreach init`")
     return DatabaseError(f"database {where}: {reason}")
@@ -110,20 +156,49 @@ def _alembic_config(conn: Connection) -> Config:
     return cfg
 
 
-def migrate(engine: Engine) -> str:
-    """Create or upgrade the schema to the newest migration; returns its revision."""
+def migrate(engine: Engine, revision: str = "head") -> str:
+    """Create or upgrade the schema to the newest migration; returns its revision.
+
+    On SQLite, foreign keys are off while a migration runs: alembic rebuilds
+    a table to change it, and dropping the old copy would trip them. They are
+    checked once the migration is done.
+    """
     try:
-        with engine.begin() as conn:
-            command.upgrade(_alembic_config(conn), "head")
-            return MigrationContext.configure(conn).get_current_revision() or ""
-    except OperationalError as exc:
+        with engine.connect() as conn:
+            raw = conn.connection.driver_connection if engine.dialect.name == "sqlite" else None
+            if raw is not None:
+                raw.execute("PRAGMA foreign_keys=OFF")
+            try:
+                with conn.begin():
+                    command.upgrade(_alembic_config(conn), revision)
+                    if raw is not None and conn.exec_driver_sql("PRAGMA foreign_key_check").first():
+                        raise DatabaseError(
+                            "migration left rows pointing at missing rows; nothing was changed"
+                        )
+                    return MigrationContext.configure(conn).get_current_revision() or ""
+            finally:
+                if raw is not None:
+                    raw.execute("PRAGMA foreign_keys=ON")
+    except (OperationalError, InterfaceError) as exc:
         raise _unavailable(engine, exc) from None
+
+
+@contextmanager
+def _quiet_alembic() -> Iterator[None]:
+    """Alembic announces its dialect at INFO; a version check should not print two lines each run."""
+    logger = logging.getLogger("alembic.runtime.migration")
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def require_current(engine: Engine) -> None:
     """Refuse to work on a database whose schema is missing or out of date."""
     head = ScriptDirectory(str(MIGRATIONS)).get_current_head()
-    with read(engine) as conn:
+    with read(engine) as conn, _quiet_alembic():
         current = MigrationContext.configure(conn).get_current_revision()
     if current != head:
         where = engine.url.render_as_string(hide_password=True)

@@ -156,6 +156,9 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "OUTREACH_TIMEZONE": settings.timezone,
         "OUTREACH_FROM": settings.from_addr,
         "OUTREACH_PRACTICE_NAME": settings.practice_name,
+        "OUTREACH_PRACTICE_ADDRESS": settings.practice_address,
+        "OUTREACH_SEND_WINDOW": settings.send_window,
+        "OUTREACH_WEEKLY_CAP": str(settings.weekly_cap),
         "OUTREACH_SENDER_NAME": settings.sender_name,
         "OUTREACH_SENDER_CREDENTIALS": settings.sender_credentials,
         "OUTREACH_SMTP_HOST": settings.smtp_host,
@@ -188,3 +191,10 @@ def run_cli(settings: Settings):
         return CliRunner().invoke(cli, list(args), env=env, catch_exceptions=False)
 
     return invoke
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """``slow``: real processes killed and restarted, thousands of messages; run in CI all the same."""
+    config.addinivalue_line(
+        "markers", "slow: a reliability test with real processes (seconds to a minute); never skipped in CI"
+    )

@@ -7,7 +7,7 @@ from itertools import count
 
 from outreach import store
 from outreach.models import PENDING, message_events, messages
-from outreach.planner import insert_message
+from outreach.outbox import insert_message
 from tests.conftest import NOW
 
 _serial = count(1)

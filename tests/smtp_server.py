@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import email
 import email.policy
+import re
 import socket
 import ssl
 import threading
@@ -39,16 +40,40 @@ class Received:
     def message(self) -> EmailMessage:
         return email.message_from_bytes(self.data, policy=email.policy.default)
 
+    @property
+    def message_id(self) -> str:
+        """The Message-ID header, found without parsing the whole email (tests count thousands)."""
+        headers = self.data.split(b"\r\n\r\n", 1)[0]
+        found = re.search(rb"^Message-ID:[ \t]*(\S+)", headers, flags=re.M | re.I)
+        return found[1].decode("ascii", "replace") if found else ""
+
 
 @dataclass
 class Handler:
-    """Records what arrives; answers from ``script`` first, then 250."""
+    """Records what arrives; answers from ``script`` first, then 250.
+
+    ``delay`` makes every DATA take that long (seconds), so a test can catch
+    a sender in the middle of a batch.
+    """
 
     received: list[Received] = field(default_factory=list)
     script: deque = field(default_factory=deque)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    delay: float = 0.0
+
+    def count_by_message_id(self) -> dict[str, int]:
+        """How many times each Message-ID arrived."""
+        with self.lock:
+            copies = list(self.received)
+        counts: dict[str, int] = {}
+        for item in copies:
+            key = item.message_id
+            counts[key] = counts.get(key, 0) + 1
+        return counts
 
     async def handle_DATA(self, server, session, envelope):
+        if self.delay:
+            await asyncio.sleep(self.delay)
         action = self.script.popleft() if self.script else None
         if action == "drop":
             server.transport.close()

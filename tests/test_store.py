@@ -44,3 +44,30 @@ def test_sqlite_runs_in_wal_mode(tmp_path):
     with engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
     engine.dispose()
+
+
+def test_upgrading_a_database_with_data_keeps_the_data(tmp_path):
+    """Every migration runs on a database that already holds messages and their trail."""
+    engine = store.connect(f"sqlite:///{tmp_path / 'old.db'}")
+    store.migrate(engine, "0001")
+    with engine.begin() as conn:
+        conn.exec_driver_sql(
+            "INSERT INTO physicians (id, email, name, credentials, specialty, clinic, phone, fax, created_at, updated_at)"
+            " VALUES (1, 'a@b.org', 'A B', 'MD', '', '', '', '', '2026-01-01', '2026-01-01')"
+        )
+        conn.exec_driver_sql(
+            "INSERT INTO messages (id, rule, template, dedupe_key, physician_id, recipient, recipient_name, subject,"
+            " html, text, priority, status, attempts, message_id, created_at, updated_at)"
+            " VALUES (1, 'r', 't', 'k', 1, 'a@b.org', '', 's', '<p>x</p>', 'x', 0, 'sent', 1, '<m@b.org>',"
+            " '2026-01-01', '2026-01-01')"
+        )
+        conn.exec_driver_sql(
+            "INSERT INTO message_events (message_id, at, action, detail) VALUES (1, '2026-01-01', 'sent', '')"
+        )
+    revision = store.migrate(engine)
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT subject, status FROM messages").all() == [("s", "sent")]
+        assert conn.exec_driver_sql("SELECT count(*) FROM message_events").scalar() == 1
+        assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+    assert revision >= "0004"
+    engine.dispose()

@@ -127,10 +127,10 @@ class SMTPBackend(Backend):
                 _quietly_close(conn)
 
     def send(self, msg: EmailMessage, sender: str, recipient: str) -> str:
+        data = _ascii_email(msg, sender, recipient)
         if self._conn is None:  # the previous message lost the connection
             self._conn = self._connect()
         conn = self._conn
-        data = to_bytes(msg)
         try:
             code, reply = conn.mail(sender)
             if code != 250:
@@ -146,6 +146,9 @@ class SMTPBackend(Backend):
         except (smtplib.SMTPServerDisconnected, OSError) as exc:
             self._drop()
             raise TransientError(f"connection to {self.where} lost: {exc or type(exc).__name__}") from None
+        except smtplib.SMTPException as exc:  # a reply smtplib could not read (e.g. a line too long)
+            self._drop()
+            raise TransientError(f"SMTP server {self.where}: {exc or type(exc).__name__}") from None
         return f"{code} {reply.decode('utf-8', 'replace')}"
 
     def _refused(self, code: int, reply: bytes, stage: str) -> TransientError | PermanentError:
@@ -162,6 +165,23 @@ class SMTPBackend(Backend):
     def _drop(self) -> None:
         conn, self._conn = self._conn, None
         _quietly_close(conn)
+
+
+def _ascii_email(msg: EmailMessage, sender: str, recipient: str) -> bytes:
+    """The bytes to send; an address SMTP cannot carry is this message's permanent failure.
+
+    Checked before anything is said to the server, so the connection stays
+    usable for the rest of the batch.
+    """
+    for role, address in (("sender", sender), ("recipient", recipient)):
+        if not address.isascii():
+            raise PermanentError(
+                f"{role} address {address!r} is not ASCII; SMTP cannot deliver it as written"
+            )
+    try:
+        return to_bytes(msg)
+    except (ValueError, TypeError, UnicodeError) as exc:  # email.errors defects are ValueErrors
+        raise PermanentError(f"the email cannot be encoded: {exc}") from None
 
 
 def _quietly_close(conn: smtplib.SMTP | None) -> None:

@@ -1,0 +1,263 @@
+"""The physician's time: a weekly cap per physician, and several updates in one email.
+
+Runs after planning. For each physician with non-urgent mail ready to leave:
+
+- updates about two or more clients that are due together go as one digest
+  email, one section per client, each section complete on its own; the log
+  keeps one entry per update, linked to the digest (``digest_id``);
+- at most ``weekly_cap`` non-urgent emails reach a physician in any 7 days;
+  what would exceed it waits (``not_before``) until the cap allows, and the
+  trail says why. Nothing is dropped. Urgent mail is never held or combined.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from itertools import groupby
+from zoneinfo import ZoneInfo
+
+from markupsafe import Markup
+from sqlalchemy import Connection, Engine, func, or_, select, update
+
+from outreach import store
+from outreach.context import physician_view, practice_view
+from outreach.errors import RenderError
+from outreach.models import FAILED, PENDING, PRIORITIES, SENDING, SENT, clients, messages, physicians
+from outreach.outbox import insert_message, trail
+from outreach.renderer import Renderer
+from outreach.settings import Settings
+from outreach.windows import parse_window
+
+log = logging.getLogger(__name__)
+CAP_PERIOD = timedelta(days=7)
+DIGEST = "digest"
+
+
+@dataclass
+class BatchReport:
+    digests: list[int] = field(default_factory=list)
+    held: int = 0
+
+
+def due_now(now: datetime):
+    """Pending, non-urgent, not yet combined, ready to leave now."""
+    return (
+        (messages.c.status == PENDING)
+        & (messages.c.priority == PRIORITIES["normal"])
+        & messages.c.digest_id.is_(None)
+        & (messages.c.attempts == 0)
+        & or_(messages.c.not_before.is_(None), messages.c.not_before <= now)
+        & or_(messages.c.next_attempt_at.is_(None), messages.c.next_attempt_at <= now)
+    )
+
+
+def batch(engine: Engine, settings: Settings, renderer: Renderer, now: datetime) -> BatchReport:
+    """Combine and hold each physician's ready mail so the weekly cap is kept."""
+    report = BatchReport()
+    with store.read(engine) as conn:
+        ready = conn.execute(
+            select(messages.c.id, messages.c.physician_id, messages.c.kind, messages.c.client_id)
+            .where(due_now(now), messages.c.physician_id.is_not(None))
+            .order_by(messages.c.physician_id, messages.c.id)
+        ).all()
+    for physician_id, group in groupby(ready, key=lambda r: r.physician_id):
+        _batch_physician(engine, settings, renderer, physician_id, list(group), now, report)
+    return report
+
+
+def _batch_physician(
+    engine, settings, renderer, physician_id: int, group: list, now: datetime, report
+) -> None:
+    with store.read(engine) as conn:
+        doctor = conn.execute(select(physicians).where(physicians.c.id == physician_id)).one()
+        cap = doctor.weekly_cap or settings.weekly_cap
+        recent = recent_sends(conn, physician_id, now)
+    slots = max(cap - len(recent), 0)
+    clinical = [r.id for r in group if r.kind == "clinical" and r.client_id is not None]
+    others = [r.id for r in group if r.id not in clinical]
+    # Updates about several clients become one email; relationship mail stays apart.
+    emails = ([clinical] if len(clinical) >= 2 else [[i] for i in clinical]) + [[i] for i in others]
+    going, waiting = emails[:slots], emails[slots:]
+    for ids in going:
+        if len(ids) > 1:
+            digest_id = _make_digest(engine, settings, renderer, doctor, ids, now)
+            if digest_id is not None:
+                report.digests.append(digest_id)
+    if waiting:
+        until = _cap_frees_at(recent, cap, now, settings, doctor)
+        held_ids = [i for ids in waiting for i in ids]
+        report.held += _hold(engine, held_ids, until, cap, now, doctor, settings)
+
+
+def recent_sends(conn: Connection, physician_id: int, now: datetime) -> list[datetime]:
+    """When each non-urgent email that counts against the cap left, oldest first."""
+    left = func.coalesce(messages.c.sent_at, messages.c.updated_at)
+    return list(
+        conn.execute(
+            select(left)
+            .where(
+                messages.c.physician_id == physician_id,
+                messages.c.priority == PRIORITIES["normal"],
+                messages.c.digest_id.is_(None),
+                messages.c.status.in_((SENT, SENDING)),
+                left > now - CAP_PERIOD,
+            )
+            .order_by(left)
+        ).scalars()
+    )
+
+
+def _cap_frees_at(recent: list[datetime], cap: int, now: datetime, settings: Settings, doctor) -> datetime:
+    """The first moment, inside the send window, when one more email fits the cap."""
+    oldest_that_must_expire = recent[len(recent) - cap] if len(recent) >= cap else now
+    frees = max(_aware(oldest_that_must_expire) + CAP_PERIOD, now)
+    tz = ZoneInfo(doctor.timezone) if doctor.timezone else settings.tz
+    return parse_window(doctor.send_window or settings.send_window).next_opening(frees, tz)
+
+
+def _aware(value: datetime) -> datetime:
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def _hold(engine: Engine, ids: list[int], until: datetime, cap: int, now: datetime, doctor, settings) -> int:
+    tz = ZoneInfo(doctor.timezone) if doctor.timezone else settings.tz
+    detail = (
+        f"weekly cap of {cap} email(s) to this physician reached: "
+        f"held until {until.astimezone(tz):%a %d %b %H:%M %Z}, then sent together"
+    )
+    with store.write(engine) as conn:
+        held = list(
+            conn.execute(
+                update(messages)
+                .where(messages.c.id.in_(ids), messages.c.status == PENDING, messages.c.digest_id.is_(None))
+                .values(not_before=until, updated_at=now)
+                .returning(messages.c.id)
+            ).scalars()
+        )
+        for message_id in held:
+            trail(conn, message_id, now, "deferred", detail)
+    if held:
+        log.info("held %d message(s) for %s: %s", len(held), doctor.email, detail)
+    return len(held)
+
+
+def _make_digest(engine, settings, renderer, doctor, ids: list[int], now: datetime) -> int | None:
+    """One email carrying several client updates; the updates stay in the log, linked to it."""
+    with store.read(engine) as conn:
+        members = conn.execute(
+            select(
+                messages.c.id,
+                messages.c.subject,
+                messages.c.section_html,
+                messages.c.section_text,
+                clients.c.ref,
+            )
+            .join(clients, clients.c.id == messages.c.client_id)
+            .where(messages.c.id.in_(ids))
+            .order_by(messages.c.id)
+        ).all()
+    context = {
+        "practice": practice_view(settings),
+        "physician": physician_view(doctor),
+        "sections": [
+            {
+                "title": m.subject,
+                "ref": m.ref,
+                "html": Markup(m.section_html),  # rendered and escaped when it was queued
+                "text": m.section_text,
+                "attention": "needs your attention" in m.section_text.lower(),
+            }
+            for m in members
+        ],
+        "count": len(members),
+        "now": now.astimezone(settings.tz),
+        "today": now.astimezone(settings.tz).date(),
+        "section_only": False,
+    }
+    try:
+        rendered = renderer.render(DIGEST, context)
+    except RenderError as exc:
+        log.error("digest for %s not rendered, updates go one by one: %s", doctor.email, exc)
+        return None
+    row = {
+        "rule": DIGEST,
+        "template": DIGEST,
+        "dedupe_key": f"{DIGEST}:{members[0].id}",
+        "client_id": None,
+        "physician_id": doctor.id,
+        "recipient": doctor.email,
+        "recipient_name": f"{doctor.name}, {doctor.credentials}" if doctor.credentials else doctor.name,
+        "subject": rendered.subject,
+        "html": rendered.html,
+        "text": rendered.text,
+        "kind": DIGEST,
+        "priority": PRIORITIES["normal"],
+        "status": PENDING,
+        "attempts": 0,
+        "next_attempt_at": now,
+        "message_id": f"<{uuid.uuid4().hex}@{settings.from_domain}>",
+        "created_at": now,
+        "updated_at": now,
+    }
+    try:
+        digest_id = _store_digest(engine, row, ids, now)
+    except _Conflict:
+        return None
+    if digest_id is not None:
+        log.info("digest message %s to %s carries %d updates", digest_id, doctor.email, len(ids))
+    return digest_id
+
+
+def _store_digest(engine: Engine, row: dict, ids: list[int], now: datetime) -> int | None:
+    with store.write(engine) as conn:
+        digest_id = insert_message(conn, row)
+        if digest_id is None:
+            return None
+        linked = conn.execute(
+            update(messages)
+            .where(messages.c.id.in_(ids), messages.c.status == PENDING, messages.c.digest_id.is_(None))
+            .values(digest_id=digest_id, updated_at=now)
+        ).rowcount
+        if linked != len(ids):  # another planner got there first: leave it to that one
+            raise _Conflict
+        detail = f"carries {len(ids)} client updates: " + ", ".join(f"message {i}" for i in ids)
+        trail(conn, digest_id, now, "queued", detail)
+        for message_id in ids:
+            trail(
+                conn,
+                message_id,
+                now,
+                "queued",
+                f"combined into digest message {digest_id}",
+            )
+    return digest_id
+
+
+class _Conflict(Exception):
+    """Raised inside the transaction to roll the digest back."""
+
+
+def settle_members(conn: Connection, digest_id: int, status: str | None, now: datetime) -> int:
+    """The updates a digest carried share its fate: sent with it, or failed with it."""
+    if status not in (SENT, FAILED):
+        return 0
+    members = list(
+        conn.execute(
+            select(messages.c.id).where(messages.c.digest_id == digest_id, messages.c.status == PENDING)
+        ).scalars()
+    )
+    if not members:
+        return 0
+    if status == SENT:
+        values = {"status": SENT, "sent_at": now, "smtp_response": f"sent in digest message {digest_id}"}
+        detail = f"delivered in digest message {digest_id}"
+    else:
+        values = {"status": FAILED, "last_error": f"digest message {digest_id} failed"}
+        detail = f"digest message {digest_id} failed; see its log entry"
+    conn.execute(update(messages).where(messages.c.id.in_(members)).values(updated_at=now, **values))
+    for message_id in members:
+        trail(conn, message_id, now, "sent" if status == SENT else "failed", detail)
+    return len(members)

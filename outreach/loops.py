@@ -1,0 +1,293 @@
+"""Closing the loop: which expected communication with each physician is done, due or stuck.
+
+For every active referral (and every discharge not yet reported) the
+service expects: a referral acknowledgement within 1 business day of the
+referral, an initial assessment report within 2 business days of the
+assessment, a progress report every 30 days while active, and a discharge
+summary within 3 business days of discharge. Each is ``done``, ``due``,
+``overdue`` or ``blocked`` (with why); blocked ones are listed first, so
+nothing is lost quietly.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from dataclasses import asdict, dataclass
+from datetime import UTC, date, datetime, time, timedelta
+
+from sqlalchemy import Connection, func, select
+
+from outreach.models import FAILED, PENDING, SENDING, SENT, SUPPRESSED, clients, events, messages, physicians
+from outreach.settings import Settings
+
+PROGRESS_EVERY = timedelta(days=30)
+HISTORY = timedelta(days=30)  # as the planner's default max_age
+DISCHARGE_LOOKBACK = timedelta(days=90)
+# expected communication -> (template, anchoring event, business days allowed)
+EXPECTED = {
+    "referral acknowledged": ("referral_acknowledgement", "referral_received", 1),
+    "initial assessment report": ("initial_assessment_report", "initial_assessment", 2),
+    "discharge summary": ("discharge_summary", "discharged", 3),
+}
+PROGRESS = ("progress report", "progress_report")
+STATE_ORDER = {"blocked": 0, "overdue": 1, "due": 2, "done": 3}
+
+
+@dataclass
+class Loop:
+    client_ref: str
+    physician_email: str
+    loop: str
+    state: str
+    due_at: datetime | None
+    done_at: datetime | None
+    detail: str
+    message_id: int | None = None
+
+
+def add_business_days(day: date, count: int) -> date:
+    while count > 0:
+        day += timedelta(days=1)
+        if day.weekday() < 5:
+            count -= 1
+    return day
+
+
+def open_loops(
+    conn: Connection, settings: Settings, now: datetime, physician: str | None = None
+) -> list[Loop]:
+    """Every expected communication for the referrals in scope, blocked and overdue first."""
+    scope = select(clients, physicians.c.email.label("physician_email")).join(physicians)
+    scope = scope.where((clients.c.status != "discharged") | _recently_discharged(now))
+    if physician:
+        scope = scope.where(physicians.c.email == physician.strip().lower())
+    people = conn.execute(scope.order_by(clients.c.ref)).all()
+    ids = [p.id for p in people]
+    anchors = _first_events(conn, ids)
+    sent_by_template = _messages_by_client(conn, ids)
+    # Milestones from before the service started (imported history) were never its to report.
+    started = conn.execute(select(func.min(messages.c.created_at))).scalar() or now
+    history = started - HISTORY
+    found = []
+    for person in people:
+        mine = sent_by_template.get(person.id, {})
+        for name, (template, kind, days) in EXPECTED.items():
+            anchor = anchors.get((person.id, kind))
+            if kind == "referral_received" and anchor is None and person.referral_date:
+                anchor = datetime.combine(person.referral_date, time(9), settings.tz)
+            if anchor is None or (anchor < history and template not in mine):
+                continue
+            due = _end_of(add_business_days(anchor.astimezone(settings.tz).date(), days), settings)
+            found.append(_judge(person, name, mine.get(template, []), due, now, settings))
+        if person.status == "active":
+            found.append(_progress(person, mine.get(PROGRESS[1], []), anchors, now, settings))
+    found = [loop for loop in found if loop is not None]
+    return sorted(found, key=lambda lp: (STATE_ORDER[lp.state], lp.due_at or now, lp.client_ref))
+
+
+def _recently_discharged(now: datetime):
+    discharged_at = (
+        select(func.max(events.c.occurred_at))
+        .where(events.c.client_id == clients.c.id, events.c.kind == "discharged")
+        .scalar_subquery()
+    )
+    return discharged_at >= now - DISCHARGE_LOOKBACK
+
+
+def _first_events(conn: Connection, ids: list[int]) -> dict:
+    kinds = [kind for _, kind, _ in EXPECTED.values()]
+    rows = conn.execute(
+        select(events.c.client_id, events.c.kind, func.min(events.c.occurred_at))
+        .where(events.c.client_id.in_(ids), events.c.kind.in_(kinds))
+        .group_by(events.c.client_id, events.c.kind)
+    ).all()
+    return {(cid, kind): at for cid, kind, at in rows}
+
+
+def _messages_by_client(conn: Connection, ids: list[int]) -> dict:
+    rows = conn.execute(
+        select(
+            messages.c.id, messages.c.client_id, messages.c.template, messages.c.status,
+            messages.c.sent_at, messages.c.last_error, messages.c.created_at, messages.c.not_before,
+        )
+        .where(messages.c.client_id.in_(ids))
+        .order_by(messages.c.created_at, messages.c.id)
+    ).all()  # fmt: skip
+    grouped: dict = {}
+    for row in rows:
+        grouped.setdefault(row.client_id, {}).setdefault(row.template, []).append(row)
+    return grouped
+
+
+def _end_of(day: date, settings: Settings) -> datetime:
+    return datetime.combine(day, time(23, 59, 59), settings.tz)
+
+
+def _judge(person, name: str, sent: list, due: datetime, now: datetime, settings: Settings) -> Loop:
+    """The state of one expected email from the messages queued for it."""
+    loop = Loop(person.ref, person.physician_email, name, "due", due, None, "")
+    done = [m for m in sent if m.status == SENT]
+    if done:
+        first = done[0]
+        late = first.sent_at - due
+        loop.state, loop.done_at, loop.message_id = "done", first.sent_at, first.id
+        loop.detail = f"sent {_local(first.sent_at, settings)}" + (
+            f", {_span(late)} late" if late > timedelta(0) else ""
+        )
+        return loop
+    stuck = [m for m in sent if m.status in (FAILED, SUPPRESSED)]
+    waiting = [m for m in sent if m.status in (PENDING, SENDING)]
+    if stuck and not waiting:
+        m = stuck[-1]
+        why = "failed delivery" if m.status == FAILED else "suppressed"
+        loop.state, loop.message_id = "blocked", m.id
+        loop.detail = f"{why}: {m.last_error or 'no reason recorded'} (message {m.id})"
+        return loop
+    if not waiting and name != "referral acknowledged" and person.consent_date is None:
+        loop.state, loop.detail = "blocked", "no consent to share health information on record"
+        return loop
+    if now > due:
+        loop.state = "overdue"
+        loop.detail = f"overdue by {_span(now - due)}"
+    else:
+        loop.detail = f"due by {_local(due, settings)}"
+    if waiting:
+        loop.message_id = waiting[-1].id
+        loop.detail += f"; message {waiting[-1].id} queued"
+    return loop
+
+
+def _progress(person, sent: list, anchors: dict, now: datetime, settings: Settings) -> Loop | None:
+    start = anchors.get((person.id, "initial_assessment"))
+    if start is None:
+        return None
+    delivered = [m for m in sent if m.status == SENT]
+    last = delivered[-1].sent_at if delivered else start
+    due = last + PROGRESS_EVERY
+    if delivered and now <= due:
+        loop = Loop(person.ref, person.physician_email, PROGRESS[0], "done", due, last, "", delivered[-1].id)
+        loop.detail = f"sent {_local(last, settings)}; next due by {_local(due, settings)}"
+        return loop
+    return _judge(person, PROGRESS[0], [m for m in sent if m.created_at >= last], due, now, settings)
+
+
+def _local(moment: datetime, settings: Settings) -> str:
+    return moment.astimezone(settings.tz).strftime("%Y-%m-%d %H:%M")
+
+
+def _span(delta: timedelta) -> str:
+    hours = delta.total_seconds() / 3600
+    return f"{hours:.0f} h" if hours < 48 else f"{hours / 24:.0f} days"
+
+
+def format_loops(loops: list[Loop], fmt: str) -> str:
+    if fmt == "json":
+        return json.dumps([_plain(asdict(lp)) for lp in loops], indent=1)
+    if not loops:
+        return "(no open referrals)"
+    headers = ("STATE", "CLIENT", "PHYSICIAN", "COMMUNICATION", "DETAIL")
+    rows = [(lp.state, lp.client_ref, lp.physician_email, lp.loop, lp.detail) for lp in loops]
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers[:-1])]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers[:-1], widths, strict=True)) + "  " + headers[-1]]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r[:-1], widths, strict=True)) + "  " + r[-1] for r in rows]
+    return "\n".join(lines)
+
+
+def _plain(values: dict) -> dict:
+    return {k: v.isoformat() if isinstance(v, datetime) else v for k, v in values.items()}
+
+
+# --- per physician ---------------------------------------------------------------------
+
+
+def physician_summary(conn: Connection, settings: Settings, now: datetime) -> list[dict]:
+    """Referrals, conversion, time to first report, emails sent and last contact, per physician."""
+    today = now.astimezone(settings.tz).date()
+    doctors = conn.execute(select(physicians).order_by(physicians.c.name)).all()
+    people = conn.execute(select(clients.c.id, clients.c.physician_id, clients.c.referral_date)).all()
+    assessed = set(
+        conn.execute(
+            select(events.c.client_id).where(events.c.kind == "initial_assessment").distinct()
+        ).scalars()
+    )
+    first_report = dict(
+        conn.execute(
+            select(messages.c.client_id, func.min(messages.c.sent_at))
+            .where(
+                messages.c.status == SENT,
+                messages.c.client_id.is_not(None),
+                messages.c.template != "referral_acknowledgement",
+            )
+            .group_by(messages.c.client_id)
+        ).all()
+    )
+    emails = {
+        pid: (count, last)
+        for pid, count, last in conn.execute(
+            select(messages.c.physician_id, func.count(), func.max(messages.c.sent_at))
+            .where(messages.c.status == SENT, messages.c.digest_id.is_(None))
+            .group_by(messages.c.physician_id)
+        ).all()
+    }
+    summary = []
+    for doctor in doctors:
+        mine = [p for p in people if p.physician_id == doctor.id]
+        delays = [
+            (_as_date(first_report[p.id], settings) - p.referral_date).days
+            for p in mine
+            if p.id in first_report and p.referral_date
+        ]
+        count, last = emails.get(doctor.id, (0, None))
+        summary.append(
+            {
+                "physician": doctor.name,
+                "email": doctor.email,
+                "referrals_90d": sum(
+                    1 for p in mine if p.referral_date and p.referral_date >= today - timedelta(days=90)
+                ),
+                "referrals_total": len(mine),
+                "conversion_pct": round(100 * sum(p.id in assessed for p in mine) / len(mine))
+                if mine
+                else None,
+                "median_days_to_first_report": statistics.median(delays) if delays else None,
+                "emails_sent": count,
+                "last_contact": _local(last, settings) if last else None,
+            }
+        )
+    return summary
+
+
+def _as_date(value, settings: Settings) -> date:
+    aware = value if value.tzinfo else value.replace(tzinfo=UTC)
+    return aware.astimezone(settings.tz).date()
+
+
+def format_physicians(rows: list[dict], fmt: str) -> str:
+    if fmt == "json":
+        return json.dumps(rows, indent=1)
+    headers = (
+        "PHYSICIAN",
+        "EMAIL",
+        "REF 90D",
+        "REF ALL",
+        "CONVERSION",
+        "DAYS TO 1ST REPORT",
+        "EMAILS",
+        "LAST CONTACT",
+    )
+    table = [
+        (
+            r["physician"], r["email"], str(r["referrals_90d"]), str(r["referrals_total"]),
+            "-" if r["conversion_pct"] is None else f"{r['conversion_pct']} %",
+            "-" if r["median_days_to_first_report"] is None else f"{r['median_days_to_first_report']:g}",
+            str(r["emails_sent"]), r["last_contact"] or "never",
+        )
+        for r in rows
+    ]  # fmt: skip
+    if not table:
+        return "(no physicians)"
+    widths = [max(len(h), *(len(r[i]) for r in table)) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in table]
+    return "\n".join(lines)
