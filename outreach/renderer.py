@@ -15,6 +15,7 @@ from datetime import date, datetime
 from pathlib import Path
 
 import jinja2
+from lxml import etree
 from premailer import Premailer
 
 from outreach.errors import RenderError
@@ -60,15 +61,79 @@ def make_environment(templates_dir: Path) -> jinja2.Environment:
     return env
 
 
-def inline_css(html: str) -> str:
-    """Move ``<style>`` rules into ``style=`` attributes, as email clients need."""
+def _premailer(html: object) -> Premailer:
     return Premailer(
         html,
         allow_network=False,
         strip_important=False,
         remove_classes=False,
         cssutils_logging_level=logging.CRITICAL,
-    ).transform()
+    )
+
+
+def inline_css(html: str) -> str:
+    """Move ``<style>`` rules into ``style=`` attributes, as email clients need."""
+    return _premailer(html).transform()
+
+
+class ShapeCachedInliner:
+    """premailer's result, worked out once per document shape and replayed after that.
+
+    Our CSS selects on tags and classes only, so what premailer does to a
+    document depends on its elements and their attributes, never on its text.
+    Reports from one template differ mostly in text (and in a few rows), so
+    each distinct shape is inlined by premailer once; later documents of the
+    same shape get the same attributes set and are serialised the same way.
+    The first result of each shape is checked against premailer's own output,
+    and a shape that does not replay exactly is always left to premailer.
+    """
+
+    MAX_SHAPES = 512
+
+    def __init__(self) -> None:
+        self._plans: dict[tuple, list | None] = {}
+
+    def __call__(self, html: str) -> str:
+        stripped = html.strip()
+        tree = etree.fromstring(stripped, etree.HTMLParser()).getroottree()
+        elements = list(tree.getroot().iter())
+        shape = tuple((str(el.tag), tuple(el.attrib.items())) for el in elements)
+        if shape in self._plans:
+            plan = self._plans[shape]
+            return inline_css(html) if plan is None else _replay(tree, stripped, elements, plan)
+        reference = inline_css(html)
+        plan = _learn(stripped, reference)
+        if len(self._plans) >= self.MAX_SHAPES:
+            self._plans.pop(next(iter(self._plans)))
+        self._plans[shape] = plan
+        return reference
+
+
+def _learn(stripped: str, reference: str) -> list | None:
+    """Per element: its attributes after premailer, or None where it was removed."""
+    tree = etree.fromstring(stripped, etree.HTMLParser()).getroottree()
+    elements = list(tree.getroot().iter())
+    _premailer(tree.getroot()).transform()
+    root = tree.getroot()
+    plan = [None if (el is not root and el.getparent() is None) else dict(el.attrib) for el in elements]
+    if sum(1 for _ in root.iter()) != sum(1 for p in plan if p is not None):
+        return None  # premailer added elements (e.g. a <head>): not replayable
+    if any(str(el.tag) == "style" for el in root.iter()):
+        return None  # leftover CSS kept in a <style>: not replayable
+    fresh = etree.fromstring(stripped, etree.HTMLParser()).getroottree()
+    replayed = _replay(fresh, stripped, list(fresh.getroot().iter()), plan)
+    return plan if replayed == reference else None
+
+
+def _replay(tree, stripped: str, elements: list, plan: list) -> str:
+    for element, attributes in zip(elements, plan, strict=True):
+        if attributes is None:
+            element.getparent().remove(element)
+        elif attributes != dict(element.attrib):
+            element.attrib.clear()
+            element.attrib.update(attributes)
+    root = tree if stripped.startswith(tree.docinfo.doctype) else tree.getroot()
+    return etree.tostring(root, method="html", pretty_print=True, encoding="utf-8").decode("utf-8")
 
 
 class Renderer:
@@ -77,6 +142,7 @@ class Renderer:
     def __init__(self, templates_dir: Path):
         self.templates_dir = Path(templates_dir)
         self.env = make_environment(self.templates_dir)
+        self.inline = ShapeCachedInliner()
 
     def render(self, template: str, context: dict) -> Rendered:
         subject = self._render(template, "subject.txt", context)
@@ -89,7 +155,7 @@ class Renderer:
         section = {**context, "section_only": True, "section_title": subject}
         return Rendered(
             subject=subject,
-            html=inline_css(self._render(template, "body.html", full)),
+            html=self.inline(self._render(template, "body.html", full)),
             text=_tidy_text(self._render(template, "body.txt", full)),
             section_html=self._render(template, "body.html", section),
             section_text=_tidy_text(self._render(template, "body.txt", section)),

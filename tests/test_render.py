@@ -156,3 +156,25 @@ def test_outcome_interpretation(code, baseline, latest, expected):
     if (code, baseline, latest) == ("ODI", 20, 15):
         expected = WITHIN_THRESHOLD
     assert outcome.interpretation == expected
+
+
+def test_cached_inlining_is_identical_to_premailer_for_every_template_and_demo_client(demo_engine, settings):
+    """Inlining once per document shape gives byte for byte what premailer gives per message."""
+    from outreach.context import client_context
+    from outreach.renderer import inline_css
+
+    renderer = Renderer(settings.templates_dir)
+    compared = 0
+    with store.read(demo_engine) as conn:
+        ids = conn.execute(select(clients.c.id)).scalars().all()
+        for rule in shipped_rules(settings):
+            if rule.scope != "client":
+                continue
+            for client_id in ids:
+                context = {**client_context(conn, settings, rule, client_id, NOW), "section_only": False}
+                raw = renderer.env.get_template(f"{rule.template}/body.html").render(context)
+                for _ in range(2):  # the first learns the shape, the second replays it
+                    assert renderer.inline(raw) == inline_css(raw), (rule.name, client_id)
+                compared += 1
+    assert compared >= 80
+    assert all(plan is not None for plan in renderer.inline._plans.values()), "every shape replays"
