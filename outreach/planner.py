@@ -45,6 +45,7 @@ from outreach.windows import parse_window
 
 log = logging.getLogger(__name__)
 CHUNK = 500
+QUEUE_CHUNK = 200  # drafts rendered and stored per transaction
 
 
 @dataclass
@@ -355,8 +356,8 @@ def plan(
     for rule in sorted(rules, key=lambda r: r.trigger != "event"):
         with store.read(engine) as conn:
             drafts = find_due(conn, [rule], settings, now)
-        for draft in drafts:
-            _queue(engine, settings, renderer, draft, now, report)
+        for chunk in _chunks(drafts, QUEUE_CHUNK):
+            _queue(engine, settings, renderer, chunk, now, report)
     report.digests = batch(engine, settings, renderer, now)
     if report.total or report.cancelled:
         log.info(
@@ -366,22 +367,51 @@ def plan(
     return report
 
 
-def _render_draft(engine: Engine, settings: Settings, renderer: Renderer, draft: Draft, now: datetime):
-    with store.read(engine) as conn:
-        if draft.client_id is not None:
-            context = client_context(conn, settings, draft.rule, draft.client_id, now, draft.event_id)
-        else:
-            context = physician_context(conn, settings, draft.rule, draft.physician_id, now, draft.period)
-            if context["cohort"]["size"] < MIN_COHORT and draft.suppress_reason is None:
-                draft.suppress_reason = f"fewer than {MIN_COHORT} clients: the summary could identify them"
+def _render_draft(conn: Connection, settings: Settings, renderer: Renderer, draft: Draft, now: datetime):
+    if draft.client_id is not None:
+        context = client_context(conn, settings, draft.rule, draft.client_id, now, draft.event_id)
+    else:
+        context = physician_context(conn, settings, draft.rule, draft.physician_id, now, draft.period)
+        if context["cohort"]["size"] < MIN_COHORT and draft.suppress_reason is None:
+            draft.suppress_reason = f"fewer than {MIN_COHORT} clients: the summary could identify them"
     return renderer.render(draft.rule.template, context)
 
 
 def _queue(
-    engine: Engine, settings: Settings, renderer: Renderer, draft: Draft, now: datetime, report: PlanReport
+    engine: Engine,
+    settings: Settings,
+    renderer: Renderer,
+    drafts: list[Draft],
+    now: datetime,
+    report: PlanReport,
 ) -> None:
+    """Render a chunk of drafts in one read, store them in one write transaction."""
+    with store.read(engine) as conn:
+        rows = [_message_row(conn, settings, renderer, draft, now) for draft in drafts]
+    with store.write(engine) as conn:
+        stored = []
+        for draft, (row, detail) in zip(drafts, rows, strict=True):
+            message_id = insert_message(conn, row)
+            if message_id is None:
+                continue  # another planner queued it first
+            action = {PENDING: "queued", SUPPRESSED: "suppressed", FAILED: "failed"}[row["status"]]
+            trail(conn, message_id, now, action, detail)
+            stored.append((message_id, draft, row["status"], detail))
+    for message_id, draft, status, detail in stored:
+        if status == PENDING:
+            report.queued.append(draft)
+        elif status == SUPPRESSED:
+            report.suppressed.append(draft)
+            log.info("message %s suppressed: %s", message_id, detail)
+        else:
+            report.failed.append((draft, detail))
+            log.error("message %s failed to render: %s", message_id, detail)
+
+
+def _message_row(conn: Connection, settings: Settings, renderer: Renderer, draft: Draft, now: datetime):
+    """The outbox row for a draft, rendered, and what its trail should say."""
     try:
-        rendered = _render_draft(engine, settings, renderer, draft, now)
+        rendered = _render_draft(conn, settings, renderer, draft, now)
         error = None
     except RenderError as exc:
         rendered = Rendered(f"(not rendered: {draft.rule.template})", "", "")
@@ -419,20 +449,7 @@ def _queue(
         "created_at": now,
         "updated_at": now,
     }
-    with store.write(engine) as conn:
-        message_id = insert_message(conn, row)
-        if message_id is None:
-            return  # another planner queued it first
-        action = {PENDING: "queued", SUPPRESSED: "suppressed", FAILED: "failed"}[status]
-        trail(conn, message_id, now, action, detail)
-    if status == PENDING:
-        report.queued.append(draft)
-    elif status == SUPPRESSED:
-        report.suppressed.append(draft)
-        log.info("message %s suppressed: %s", message_id, detail)
-    else:
-        report.failed.append((draft, detail))
-        log.error("message %s failed to render: %s", message_id, detail)
+    return row, detail
 
 
 def hold_for_window(
@@ -588,7 +605,8 @@ def _revive(engine: Engine, settings: Settings, renderer: Renderer, rule: Rule, 
     draft = Draft(rule=rule, dedupe_key=row.dedupe_key, client_id=row.client_id, client_ref=row.ref,
                   event_id=event_id, **_recipient(row))  # fmt: skip
     try:
-        rendered = _render_draft(engine, settings, renderer, draft, now)
+        with store.read(engine) as conn:
+            rendered = _render_draft(conn, settings, renderer, draft, now)
     except RenderError as exc:
         log.error("message %s could not be rendered again: %s", row.id, exc)
         return 0
