@@ -4,8 +4,8 @@
                              [--database-url URL] [--profile DIR]
 
 ``default`` is a large practice (100,000 clients, 200 physicians, 1,000,000
-events and measures over two years, 1,000,000 logged messages; 20,000 emails
-made due at once). ``small`` is about 1/100 of that and finishes within a
+events and measures over two years, 1,000,000 logged messages; 20,000 urgent
+emails made due at once, see ``DUE_KIND``). ``small`` is about 1/100 of that and finishes within a
 minute; ``tiny`` is for the smoke test. Each run builds the practice in a fresh
 database (a SQLite file in a temporary folder unless ``--database-url`` names
 an empty one), starts a counting SMTP server (aiosmtpd) in its own process on
@@ -52,6 +52,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from datetime import time as clock_time
+from multiprocessing.connection import Connection
 from pathlib import Path
 
 import sqlalchemy
@@ -249,7 +250,9 @@ def make_care(rng: random.Random, client_id: int, physician_count: int) -> Care:
     return Care(client, milestones, measures, session_days)
 
 
-def _measures(rng: random.Random, instruments: tuple[str, ...], first: date, last: date) -> list:
+def _measures(
+    rng: random.Random, instruments: tuple[str, ...], first: date, last: date
+) -> list[tuple[str, float, date]]:
     """Baseline at the first assessment and, if later, a follow-up at the last one."""
     found = []
     for code in instruments:
@@ -345,7 +348,7 @@ def build_practice(engine: Engine, scale: Scale, rules: list[Rule]) -> Practice:
     loader = Loader(engine)
     for physician_id in range(1, scale.physicians + 1):
         loader.add(physicians, physician_row(physician_id))
-    reacting = {rule.event for rule in rules if rule.event}
+    reacting = {rule.event for rule in seeded_rules(rules)}
     practice = Practice(counts={}, consenting=[], physician_of=[0])
     event_id = measure_id = 0
     per_client = scale.rows / scale.clients
@@ -373,6 +376,15 @@ def build_practice(engine: Engine, scale: Scale, rules: list[Rule]) -> Practice:
     loader.flush()
     practice.counts = dict(loader.counts)
     return practice
+
+
+def seeded_rules(rules: list[Rule]) -> list[Rule]:
+    """The event rules that sent a message for every milestone of their kind.
+
+    A rule on the Nth missed session in a row fires for few of them; the
+    planner re-examines the others every tick, as it would in a real practice.
+    """
+    return [rule for rule in rules if rule.event and not rule.consecutive]
 
 
 def _event_row(event_id: int, client_id: int, kind: str, at: datetime, note: str) -> dict:
@@ -425,9 +437,8 @@ def seed_log(
     rows = LogRows(scale, practice, bodies)
     loader = Loader(engine)
     by_event: dict[str, list[Rule]] = {}
-    for rule in rules:
-        if rule.event:
-            by_event.setdefault(rule.event, []).append(rule)
+    for rule in seeded_rules(rules):
+        by_event.setdefault(rule.event, []).append(rule)
     count = 0
     for found in practice.triggered:
         for rule in by_event[found.kind]:
@@ -436,7 +447,7 @@ def seed_log(
             loader.add(
                 messages, rows.row(rule, f"{rule.name}:event:{found.event_id}", found.client_id, created)
             )
-    event_rules = [rule for rule in rules if rule.event]
+    event_rules = seeded_rules(rules)
     for n in range(count + 1, scale.log + 1):
         rule = rows.rng.choice(event_rules)
         client_id = rows.rng.randint(1, scale.clients)
@@ -552,7 +563,7 @@ class CountingHandler:
         return "250 2.0.0 OK: counted"
 
 
-def serve_counting(port: int, pipe) -> None:
+def serve_counting(port: int, pipe: Connection) -> None:
     """Process entry point: run the server until told to stop; answer "count" requests."""
     from aiosmtpd.controller import Controller
 
@@ -782,9 +793,8 @@ def measure_render(
     email is in the sample in proportion to how often it is sent.
     """
     by_kind: dict[str, list[Rule]] = {}
-    for rule in rules:
-        if rule.event:
-            by_kind.setdefault(rule.event, []).append(rule)
+    for rule in seeded_rules(rules):
+        by_kind.setdefault(rule.event, []).append(rule)
     drawn = random.Random(3).sample(practice.triggered, min(samples, len(practice.triggered)))
     with store.read(engine) as conn:
         cases = [
@@ -997,6 +1007,18 @@ def format_table(figures: dict[str, Figure], scale: Scale) -> str:
     return "\n".join(lines)
 
 
+def source_fingerprint() -> int:
+    """What the code, rules and templates under test look like (paths, sizes, mtimes).
+
+    Others may be editing the package while the bench runs; a run whose
+    phases measured different code says so instead of mixing them silently.
+    """
+    files = sorted((SOURCE_ROOT / "outreach").rglob("*.py"))
+    files += sorted((SOURCE_ROOT / "campaigns").glob("*.toml"))
+    files += sorted(p for p in (SOURCE_ROOT / "templates").rglob("*") if p.is_file())
+    return hash(tuple((str(p), p.stat().st_mtime_ns, p.stat().st_size) for p in files if p.exists()))
+
+
 def environment_facts(engine: Engine) -> dict:
     return {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -1011,9 +1033,40 @@ def environment_facts(engine: Engine) -> dict:
 # --- the run -------------------------------------------------------------------------------
 
 
+def measure_cycle_and_ceiling(
+    engine: Engine, settings: Settings, folder: Path, due: int, profile: Path | None
+) -> dict:
+    """Items 2, 3, 4 and 8, against one counting SMTP server."""
+    server = CountingServer()
+    try:
+        settings = settings.with_(smtp_port=server.port)
+        log_step(f"plan + render + send of {due} in a child process")
+        spec = {"database_url": settings.database_url, "folder": str(folder), "smtp_port": server.port,
+                "profile": str(profile) if profile else None}  # fmt: skip
+        r, peak_rss = run_cycle_child(spec)
+        r["cycle_peak_rss_mb"] = peak_rss
+        received, received_bytes = server.count()
+        if r["sent"] != due or received != r["sent"]:
+            raise BenchError(f"due {due}, dispatcher sent {r['sent']}, server counted {received}")
+        log_step("the ceiling: bare smtplib")
+        built = built_messages(engine, settings)
+        r["ceiling_s"] = measure_ceiling(settings, built, profile)
+        total, total_bytes = server.count()
+        if total != 2 * received:
+            raise BenchError(f"the server counted {total - received} of the {len(built)} ceiling messages")
+        r["server_bytes"] = total_bytes - received_bytes
+    finally:
+        server.stop()
+    r["plan_render_ms"] = 1000 * r["plan_render_s"] / max(r["queued"], 1)
+    r["send_rate"] = r["sent"] / r["send_s"]
+    r["ceiling_rate"] = len(built) / r["ceiling_s"]
+    r["send_pct"] = 100 * r["send_rate"] / r["ceiling_rate"]
+    return r
+
+
 def run_bench(scale: Scale, database_url: str | None, folder: Path, profile: Path | None) -> dict:
     """Build the practice, take every measurement, return the report as a dict."""
-    started = time.perf_counter()
+    started, source = time.perf_counter(), source_fingerprint()
     url = database_url or f"sqlite:///{folder / 'bench.db'}"
     settings = bench_settings(url, folder)
     engine = store.connect(url)
@@ -1033,29 +1086,7 @@ def run_bench(scale: Scale, database_url: str | None, folder: Path, profile: Pat
     log_step(f"built {practice.counts} in {r['build_s']:.0f} s; steady-state tick")
     r.update(measure_steady_plan(engine, settings, rules, renderer, scale.runs, profile))
     r["due"] = make_due(engine, scale, practice)
-    server = CountingServer()
-    try:
-        settings = settings.with_(smtp_port=server.port)
-        log_step(f"plan + render + send of {r['due']} in a child process")
-        spec = {"database_url": url, "folder": str(folder), "smtp_port": server.port,
-                "profile": str(profile) if profile else None}  # fmt: skip
-        cycle, r["cycle_peak_rss_mb"] = run_cycle_child(spec)
-        received, received_bytes = server.count()
-        r.update(cycle)
-        if cycle["sent"] != r["due"] or received != cycle["sent"]:
-            raise BenchError(f"due {r['due']}, dispatcher sent {cycle['sent']}, server counted {received}")
-        log_step("the ceiling: bare smtplib")
-        built = built_messages(engine, settings)
-        r["ceiling_s"] = measure_ceiling(settings, built, profile)
-        r["server_bytes"] = server.count()[1] - received_bytes
-        if server.count()[0] != 2 * received:
-            raise BenchError("the counting server missed messages of the ceiling run")
-    finally:
-        server.stop()
-    r["plan_render_ms"] = 1000 * r["plan_render_s"] / max(r["queued"], 1)
-    r["send_rate"] = r["sent"] / r["send_s"]
-    r["ceiling_rate"] = len(built) / r["ceiling_s"]
-    r["send_pct"] = 100 * r["send_rate"] / r["ceiling_rate"]
+    r.update(measure_cycle_and_ceiling(engine, settings, folder, r["due"], profile))
     log_step("render cost")
     r.update(measure_render(engine, settings, rules, renderer, practice, scale.render_samples, profile))
     log_step("review")
@@ -1065,9 +1096,13 @@ def run_bench(scale: Scale, database_url: str | None, folder: Path, profile: Pat
     facts = environment_facts(engine)
     engine.dispose()
     figures = judge(scale, r)
+    changed = source_fingerprint() != source
+    if changed:
+        log_step("warning: the code, rules or templates changed during the run; phases may differ")
     return {
         "scale": scale.name,
         **facts,
+        "source_changed_during_run": changed,
         "sizes": asdict(scale) | {"inserted": practice.counts},
         "elapsed_s": round(time.perf_counter() - started, 1),
         "figures": {name: asdict(figure) for name, figure in figures.items()},

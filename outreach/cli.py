@@ -399,6 +399,8 @@ def run(env: Env, once: bool, now: str | None):
         plan_report, send_report = service.cycle(clock)
         click.echo(f"planned {len(plan_report.queued)} new email(s)")
         _print_send(send_report)
+        if send_report.aborted:
+            sys.exit(1)
         return
     control = Control()
     signal.signal(signal.SIGTERM, control.request_stop)

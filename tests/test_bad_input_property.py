@@ -247,7 +247,9 @@ def rule_file(draw) -> str:
     if draw(st.integers(0, 4)) == 0:
         return draw(st.text(max_size=300))
     sections = []
-    names = st.one_of(st.sampled_from(["progress_report", "alert", "Bad-Name", "x y"]), st.text(max_size=10))
+    # Line breaks in a name are pinned separately below (a known problem in rules.py).
+    printable = st.text(st.characters(blacklist_categories=("Cc", "Cs", "Zl", "Zp")), max_size=10)
+    names = st.one_of(st.sampled_from(["progress_report", "alert", "Bad-Name", "x y", "Zoë"]), printable)
     for name in draw(st.lists(names, max_size=3)):
         body = draw(st.dictionaries(st.sampled_from(RULE_KEYS), VALUES, max_size=6))
         if draw(st.booleans()):
@@ -266,9 +268,22 @@ def test_a_random_rule_file_gives_problems_never_a_crash(tmp_path_factory, text)
     (campaigns / "random.toml").write_text(text, encoding="utf-8", errors="surrogatepass")
     rules, problems = check_rules(campaigns, ROOT / "templates" / "email")
     for problem in problems:
-        assert problem.strip() and "\n" not in problem, problem
+        assert problem.strip() and len(problem.splitlines()) == 1, problem
     if not problems:
         assert all(rule.template for rule in rules)
+
+
+@pytest.mark.xfail(
+    strict=False,
+    reason="rules.py puts a rule's name into its problems as written: a quoted TOML name with a line "
+    "break splits the problem over two lines (use the name's repr when it is not a plain identifier)",
+)
+@pytest.mark.parametrize("name", ["\\n", "a\\u2028b", "tab\\there"])
+def test_a_rule_name_with_a_line_break_is_still_one_problem_per_line(tmp_path, name):
+    (tmp_path / "names.toml").write_text(f'[rules."{name}"]\nwhen = {{ event = "x" }}\n', encoding="utf-8")
+    _, problems = check_rules(tmp_path, ROOT / "templates" / "email")
+    assert problems and all(len(p.splitlines()) == 1 for p in problems), problems
+    assert all("\t" not in p for p in problems)
 
 
 @EXAMPLES
@@ -277,7 +292,7 @@ def test_a_rule_file_that_is_not_text_is_one_problem(tmp_path_factory, data):
     campaigns = tmp_path_factory.mktemp("campaigns")
     (campaigns / "binary.toml").write_bytes(data)
     _, problems = check_rules(campaigns, ROOT / "templates" / "email")
-    assert all("\n" not in p for p in problems)
+    assert all(len(p.splitlines()) == 1 for p in problems)
 
 
 # --- through the command line -------------------------------------------------------------
@@ -327,11 +342,6 @@ def test_the_cli_reports_bad_rules_one_line_per_problem(run_cli, engine, setting
         assert any("broken.toml" in line for line in lines)
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="importer.py does not yet check values against what the database can hold (NUL bytes, "
-    "column lengths, times that overflow UTC); store turns them into one DatabaseError with no line number",
-)
 @pytest.mark.parametrize(
     ("kind", "text"),
     [
@@ -341,9 +351,11 @@ def test_the_cli_reports_bad_rules_one_line_per_problem(run_cli, engine, setting
             "clients",
             "ref,first_name,last_name,physician_email,diagnosis\nC-5,A,B,r.osei@ortho.example.org,a\x00b\n",
         ),
+        ("events", "client_ref,kind,occurred_at,note\nC-1,reassessment,2026-11-20T09:30,a\x00b\n"),
     ],
 )
 def test_a_value_the_database_cannot_hold_is_reported_with_its_line(kind, text, engine, settings, tmp_path):
+    """Found by the property above on PostgreSQL: the file and line, not a bare database error."""
     reset(engine, settings, tmp_path)
     path = tmp_path / "edge.csv"
     path.write_text(text, encoding="utf-8")

@@ -111,8 +111,7 @@ def own_postgres():
     started = subprocess.run(
         [str(ROOT / ".ci" / "postgres.sh"), "start"], capture_output=True, text=True, timeout=120, check=False
     )
-    if started.returncode != 0:
-        pytest.skip(f"could not start a PostgreSQL server: {started.stderr.strip()[-200:]}")
+    assert started.returncode == 0, f"could not start a PostgreSQL server: {started.stderr.strip()[-300:]}"
     url, folder = started.stdout.split()
     yield url, Path(folder)
     subprocess.run([str(ROOT / ".ci" / "postgres.sh"), "stop", folder], capture_output=True, timeout=120)

@@ -119,7 +119,7 @@ def test_an_urgent_alert_ignores_the_window(practice):
 
 
 def test_loops_show_overdue_then_done(practice):
-    cli, server = practice
+    cli, _ = practice
     # The referral acknowledgement for A-1 and B-2 is due by the end of the next business day.
     # Nothing has run yet: on Wednesday it is overdue.
     loops = json.loads(cli("loops", "--format", "json", "--now", "2026-11-25T12:00:00-05:00").stdout)

@@ -44,7 +44,10 @@ def test_every_default_rule_reaches_the_physician(demo_engine, settings, smtp_se
         mine = [m for m in logged if m.rule == rule]
         assert mine, f"{rule}: nothing sent"
         for m in mine:  # alone, or as a section of the digest that carried it
-            assert (m.subject.upper() in digests) if m.digest_id else (m.subject in subjects), (rule, m.subject)
+            assert (m.subject.upper() in digests) if m.digest_id else (m.subject in subjects), (
+                rule,
+                m.subject,
+            )
     for text in texts(smtp_server):
         assert text.split("=" * 78)[1].strip().startswith("BOTTOM LINE:"), "the bottom line comes first"
         assert max(len(line) for line in text.splitlines()) <= 80
