@@ -240,16 +240,19 @@ def physician_opt_in(env: Env, email: str):
 
 
 def _update_physician(env: Env, email: str, values: dict) -> None:
-    from sqlalchemy import update
-
     from outreach.models import physicians
 
+    _update_one(env, physicians, physicians.c.email, email.strip().lower(), values, "physician with email")
+
+
+def _update_one(env: Env, table, column, key: str, values: dict, what: str) -> None:
+    """Update the one row whose ``column`` is ``key``, or say that there is none."""
+    from sqlalchemy import update
+
     with store.write(env.ready_engine()) as conn:
-        done = conn.execute(
-            update(physicians).where(physicians.c.email == email.strip().lower()).values(**values)
-        ).rowcount
+        done = conn.execute(update(table).where(column == key).values(**values)).rowcount
     if not done:
-        raise NotFound(f"no physician with email {email!r}")
+        raise NotFound(f"no {what} {key!r}")
 
 
 @cli.group()
@@ -290,14 +293,9 @@ def client_revoke_consent(env: Env, client_ref: str, now: str | None):
 
 
 def _update_client(env: Env, ref: str, values: dict) -> None:
-    from sqlalchemy import update
-
     from outreach.models import clients
 
-    with store.write(env.ready_engine()) as conn:
-        done = conn.execute(update(clients).where(clients.c.ref == ref).values(**values)).rowcount
-    if not done:
-        raise NotFound(f"no client with ref {ref!r}")
+    _update_one(env, clients, clients.c.ref, ref, values, "client with ref")
 
 
 @cli.group()

@@ -30,7 +30,8 @@ from outreach.backends.base import Backend
 from outreach.compose import build_email
 from outreach.digest import settle_members
 from outreach.errors import BatchAbort, DatabaseError, NotFound, PermanentError, TransientError
-from outreach.models import FAILED, PENDING, SENDING, SENT, message_events, messages
+from outreach.models import FAILED, PENDING, SENDING, SENT, messages
+from outreach.outbox import trail as _trail
 from outreach.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -101,10 +102,6 @@ def backoff(settings: Settings, attempts: int) -> timedelta:
     """Exponential: base, 2×base, 4×base … capped at the maximum."""
     seconds = settings.retry_base_seconds * 2 ** max(attempts - 1, 0)
     return timedelta(seconds=min(seconds, settings.retry_max_seconds))
-
-
-def _trail(conn: Connection, message_id: int, at: datetime, action: str, detail: str = "") -> None:
-    conn.execute(message_events.insert().values(message_id=message_id, at=at, action=action, detail=detail))
 
 
 def release_expired(engine: Engine, now: datetime) -> int:
