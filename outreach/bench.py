@@ -31,6 +31,7 @@ inflated by the profiler: compare them with each other, not with targets).
 from __future__ import annotations
 
 import argparse
+import compileall
 import contextlib
 import cProfile
 import importlib.util
@@ -60,7 +61,7 @@ from sqlalchemy import Engine, Table, func, select, update
 
 from outreach import store
 from outreach.backends.smtp import SMTPBackend
-from outreach.compose import build_email, to_bytes
+from outreach.compose import build_email
 from outreach.context import client_context
 from outreach.daemon import make_clock
 from outreach.dispatcher import send_due
@@ -73,9 +74,11 @@ from outreach.models import (
     clients,
     events,
     measurements,
+    message_bodies,
     messages,
     physicians,
 )
+from outreach.outbox import with_body
 from outreach.planner import plan
 from outreach.renderer import Rendered, Renderer, inline_css
 from outreach.review import list_messages
@@ -440,19 +443,22 @@ def seed_log(
     for rule in seeded_rules(rules):
         by_event.setdefault(rule.event, []).append(rule)
     count = 0
+
+    def add(message_id: int, row: dict) -> None:
+        loader.add(messages, {"id": message_id, **row})
+        loader.add(message_bodies, {"message_id": message_id, "html": row["html"], "text": row["text"]})
+
     for found in practice.triggered:
         for rule in by_event[found.kind]:
             count += 1
             created = found.at + rule.delay + timedelta(minutes=2)
-            loader.add(
-                messages, rows.row(rule, f"{rule.name}:event:{found.event_id}", found.client_id, created)
-            )
+            add(count, rows.row(rule, f"{rule.name}:event:{found.event_id}", found.client_id, created))
     event_rules = seeded_rules(rules)
     for n in range(count + 1, scale.log + 1):
         rule = rows.rng.choice(event_rules)
         client_id = rows.rng.randint(1, scale.clients)
         created = NOW - timedelta(minutes=rows.rng.randint(60, HISTORY_DAYS * 1440))
-        loader.add(messages, rows.row(rule, f"archive:{n}", client_id, created))
+        add(n, rows.row(rule, f"archive:{n}", client_id, created))
     loader.flush()
     return loader.counts.get("messages", 0)
 
@@ -490,8 +496,6 @@ class LogRows:
             "subject": body.subject.replace(sample_ref, f"B{client_id:06d}"),
             "html": body.html,
             "text": body.text,
-            "section_html": body.section_html,
-            "section_text": body.section_text,
             "priority": rule.priority,
             "kind": rule.kind,
             "digest_id": None,
@@ -754,11 +758,9 @@ def built_messages(engine: Engine, settings: Settings) -> list[tuple[str, bytes]
     """The emails the dispatcher just sent, as (recipient, bytes), built with ``compose``."""
     with store.read(engine) as conn:
         rows = conn.execute(
-            select(messages)
-            .where(messages.c.sent_at > NOW)
-            .order_by(messages.c.priority.desc(), messages.c.id)
+            with_body().where(messages.c.sent_at > NOW).order_by(messages.c.priority.desc(), messages.c.id)
         ).all()
-    return [(row.recipient, to_bytes(build_email(row, settings, NOW))) for row in rows]
+    return [(row.recipient, build_email(row, settings, NOW).data) for row in rows]
 
 
 def measure_ceiling(settings: Settings, built: list[tuple[str, bytes]], profile: Path | None) -> float:
@@ -852,6 +854,9 @@ def measure_review(engine: Engine, settings: Settings, folder: Path, runs: int) 
         ).scalar_one()
         logged = conn.execute(select(func.count()).select_from(messages)).scalar_one()
     env, command = service_env(settings), outreach_command()
+    # As installed: pip compiles a package's bytecode; an editable checkout run
+    # with PYTHONDONTWRITEBYTECODE would otherwise recompile it on every command.
+    compileall.compile_dir(str(SOURCE_ROOT / "outreach"), quiet=1)
 
     def run(*args: str) -> None:
         done = subprocess.run([*command, *args], env=env, cwd=folder, capture_output=True, check=False)

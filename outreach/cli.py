@@ -4,6 +4,9 @@ Each command parses its arguments, calls one library function and prints
 the result. Errors a user can fix are one line on stderr and exit code 1;
 usage errors are click's, exit code 2. ``.env`` is loaded here and only
 here, and never overrides variables already set.
+
+A command imports what it needs inside its function: ``outreach log`` must
+not pay for alembic, Jinja or premailer, which only other commands use.
 """
 
 from __future__ import annotations
@@ -12,32 +15,17 @@ import logging
 import shutil
 import signal
 import sys
-from datetime import datetime
+from datetime import date, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 from dotenv import find_dotenv, load_dotenv
 from sqlalchemy.exc import SQLAlchemyError
 
 from outreach import store
-from outreach.checks import check_all
-from outreach.daemon import Control, Service, make_clock, run_forever
-from outreach.demo import load_demo
 from outreach.errors import ImportFileError, NotFound, OutreachError
-from outreach.importer import (
-    KINDS,
-    RowError,
-    import_file,
-    not_in_future,
-    parse_date,
-    parse_datetime,
-    parse_event_kind,
-    parse_score,
-    record_event,
-    record_measure,
-)
-from outreach.models import utcnow
-from outreach.planner import find_due, preview
+from outreach.models import IMPORT_KINDS, utcnow
 from outreach.review import (
     format_csv,
     format_json,
@@ -46,8 +34,10 @@ from outreach.review import (
     show_message,
     since_start,
 )
-from outreach.rules import load_rules
 from outreach.settings import Settings
+
+if TYPE_CHECKING:
+    from outreach.daemon import Service
 
 log = logging.getLogger("outreach")
 
@@ -106,6 +96,8 @@ class Env:
     def now(self, value: str | None) -> datetime:
         if value is None:
             return utcnow()
+        from outreach.importer import RowError, parse_datetime
+
         try:
             return parse_datetime(value, "--now", self.settings.tz)
         except RowError as exc:
@@ -149,6 +141,8 @@ def init(env: Env):
 @pass_env
 def check(env: Env):
     """Validate settings, every rule file and every template."""
+    from outreach.checks import check_all
+
     problems = check_all(env.settings)
     for problem in problems:
         click.echo(problem, err=True)
@@ -159,7 +153,7 @@ def check(env: Env):
 
 
 @cli.command("import")
-@click.argument("kind", type=click.Choice(KINDS))
+@click.argument("kind", type=click.Choice(IMPORT_KINDS))
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--skip-invalid", is_flag=True, help="Import the valid rows and report the others.")
 @now_option
@@ -176,6 +170,8 @@ def import_(env: Env, kind: str, file: Path, skip_invalid: bool, now: str | None
 
     A file with any bad row imports nothing unless --skip-invalid is given.
     """
+    from outreach.importer import import_file
+
     report = import_file(env.ready_engine(), env.settings, kind, file, env.now(now), skip_invalid)
     for problem in report.skipped:
         click.echo(f"skipped: {problem}", err=True)
@@ -196,6 +192,8 @@ def event():
 @pass_env
 def event_add(env: Env, client_ref: str, kind: str, at: str | None, note: str, now: str | None):
     """Record that KIND (e.g. initial_assessment) happened for CLIENT_REF."""
+    from outreach.importer import RowError, not_in_future, parse_datetime, parse_event_kind, record_event
+
     moment = env.now(now)
     try:
         kind = parse_event_kind(kind)
@@ -268,6 +266,8 @@ def client():
 @pass_env
 def client_consent(env: Env, client_ref: str, on: str | None, expires: str | None, now: str | None):
     """Record consent to share health information; held updates then go out."""
+    from outreach.importer import RowError, not_in_future, parse_date
+
     moment = env.now(now)
     try:
         day = parse_date(on, "--on") if on else moment.astimezone(env.settings.tz).date()
@@ -312,6 +312,8 @@ def measure():
 @pass_env
 def measure_add(env: Env, client_ref: str, instrument: str, score: str, at: str | None, now: str | None):
     """Record SCORE on INSTRUMENT for CLIENT_REF."""
+    from outreach.importer import RowError, not_in_future, parse_date, parse_score, record_measure
+
     moment = env.now(now)
     try:
         code, value = parse_score(score, instrument)
@@ -343,6 +345,9 @@ def plan(env: Env, dry_run: bool, now: str | None):
     """Evaluate every rule and queue the emails that are due."""
     moment = env.now(now)
     if dry_run:
+        from outreach.planner import find_due
+        from outreach.rules import load_rules
+
         settings = env.settings
         rules = load_rules(settings.campaigns_dir, settings.templates_dir)
         with store.read(env.ready_engine()) as conn:
@@ -368,6 +373,8 @@ def plan(env: Env, dry_run: bool, now: str | None):
 @pass_env
 def send(env: Env, limit: int | None, now: str | None):
     """Deliver the queued messages that are due, once."""
+    from outreach.daemon import make_clock
+
     report = _service(env).send(make_clock(env.now(now) if now else None), limit=limit)
     _print_send(report)
     if report.aborted:
@@ -381,6 +388,8 @@ def _print_send(report) -> None:
 
 
 def _service(env: Env) -> Service:
+    from outreach.daemon import Service
+
     setup_logging(env.settings.log_level)
     return Service.load(env.settings, engine=env.ready_engine())
 
@@ -391,6 +400,8 @@ def _service(env: Env) -> Service:
 @pass_env
 def run(env: Env, once: bool, now: str | None):
     """Run the service: plan and send on a schedule until SIGTERM or Ctrl-C."""
+    from outreach.daemon import Control, make_clock, run_forever
+
     service = _service(env)
     clock = make_clock(env.now(now) if now else None)
     if once:
@@ -449,10 +460,7 @@ def log_(ctx, status, physician, client, since, fmt, limit):
     if ctx.invoked_subcommand is not None:
         return
     env = ctx.ensure_object(Env)
-    try:
-        since_day = parse_date(since, "--since") if since else None
-    except RowError as exc:
-        raise OutreachError(str(exc)) from None
+    since_day = _parse_since(since) if since else None
     tz = env.settings.tz
     with store.read(env.ready_engine()) as conn:
         rows = list_messages(
@@ -460,6 +468,16 @@ def log_(ctx, status, physician, client, since, fmt, limit):
         )
     output = {"json": format_json, "csv": format_csv}.get(fmt)
     click.echo(output(rows) if output else format_table(rows, tz))
+
+
+def _parse_since(value: str) -> date | None:
+    """``--since`` as a day; the importer (and its parsers) loads only when the option is given."""
+    from outreach.importer import RowError, parse_date
+
+    try:
+        return parse_date(value, "--since")
+    except RowError as exc:
+        raise OutreachError(str(exc)) from None
 
 
 @log_.command("show")
@@ -508,6 +526,9 @@ def physicians(env: Env, fmt: str, now: str | None):
 @pass_env
 def preview_(env: Env, rule_name: str, client_ref: str | None, html_file: Path | None, now: str | None):
     """Render what RULE would send now, without queuing it."""
+    from outreach.planner import preview
+    from outreach.rules import load_rules
+
     settings = env.settings
     rules = {r.name: r for r in load_rules(settings.campaigns_dir, settings.templates_dir)}
     if rule_name not in rules:
@@ -542,6 +563,9 @@ def demo(env: Env, folder: Path, now: str | None):
     Nothing is emailed: the demo always writes .eml files to DIR/outbox,
     whatever OUTREACH_EMAIL_BACKEND says.
     """
+    from outreach.daemon import Service, make_clock
+    from outreach.demo import load_demo
+
     moment = env.now(now)  # before anything is deleted: a typo must not cost the old demo
     if folder.exists():
         shutil.rmtree(folder)

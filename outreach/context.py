@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import re
 import statistics
-from datetime import date, datetime, timedelta
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
 
-from sqlalchemy import Connection, func, select
+from sqlalchemy import Connection, Row, select
 
 from outreach.instruments import INSTRUMENTS, Outcome, format_change, format_score
 from outreach.models import clients, events, measurements, physicians
@@ -122,39 +123,61 @@ def outcome_view(outcome: Outcome) -> dict:
 
 def outcomes_for(conn: Connection, client_id: int, until: date | None = None) -> list[Outcome]:
     """First against latest score for each instrument measured for the client."""
-    query = (
-        select(measurements.c.instrument, measurements.c.score, measurements.c.measured_on)
-        .where(measurements.c.client_id == client_id)
-        .order_by(measurements.c.instrument, measurements.c.measured_on)
-    )
-    if until is not None:
-        query = query.where(measurements.c.measured_on <= until)
+    return outcomes_from(_measurements(conn, [client_id]).get(client_id, []), until)
+
+
+def outcomes_from(rows: list, until: date | None = None) -> list[Outcome]:
+    """Outcomes from one client's measurements (ordered by instrument, then date)."""
     series: dict[str, list] = {}
-    for row in conn.execute(query):
-        series.setdefault(row.instrument, []).append(row)
+    for row in rows:
+        if until is None or row.measured_on <= until:
+            series.setdefault(row.instrument, []).append(row)
     result = []
-    for code, rows in series.items():
+    for code, found in series.items():
         instrument = INSTRUMENTS.get(code)
         if instrument is None:
             continue
-        first, last = rows[0], rows[-1]
+        first, last = found[0], found[-1]
         result.append(
-            Outcome(instrument, first.score, last.score, first.measured_on, last.measured_on, len(rows))
+            Outcome(instrument, first.score, last.score, first.measured_on, last.measured_on, len(found))
         )
     return sorted(result, key=lambda o: list(INSTRUMENTS).index(o.instrument.code))
 
 
-def attendance_for(conn: Connection, client_id: int, start: datetime, end: datetime) -> dict:
-    """Sessions attended and missed in the period; consecutive misses up to its end."""
-    rows = conn.execute(
-        select(events.c.kind, events.c.occurred_at)
-        .where(
-            events.c.client_id == client_id,
-            events.c.kind.in_(("session_attended", "session_missed")),
-            events.c.occurred_at <= end,
+def _measurements(conn: Connection, client_ids: list[int]) -> dict[int, list]:
+    """Each client's measurements, ordered by instrument and date; one query per chunk."""
+    found: dict[int, list] = {}
+    for chunk in _chunks(client_ids):
+        rows = conn.execute(
+            select(
+                measurements.c.client_id,
+                measurements.c.instrument,
+                measurements.c.score,
+                measurements.c.measured_on,
+            )
+            .where(measurements.c.client_id.in_(chunk))
+            .order_by(measurements.c.client_id, measurements.c.instrument, measurements.c.measured_on)
         )
-        .order_by(events.c.occurred_at)
-    ).all()
+        for row in rows:
+            found.setdefault(row.client_id, []).append(row)
+    return found
+
+
+def _chunks(ids: list[int], size: int = 500):
+    """Bounded IN lists: SQLite and PostgreSQL both take these comfortably."""
+    for start in range(0, len(ids), size):
+        yield ids[start : start + size]
+
+
+SESSION_KINDS = ("session_attended", "session_missed")
+
+
+def attendance_from(events_: list, start: datetime, end: datetime) -> dict:
+    """Sessions attended and missed in the period; consecutive misses up to its end.
+
+    ``events_`` are the client's events in time order.
+    """
+    rows = [e for e in events_ if e.kind in SESSION_KINDS and e.occurred_at <= end]
     in_period = [r for r in rows if r.occurred_at >= start]
     attended = sum(r.kind == "session_attended" for r in in_period)
     missed = len(in_period) - attended
@@ -187,6 +210,41 @@ def bottom_line(outcomes: list[Outcome], attendance: dict, adverse: bool) -> str
     return "baseline established"
 
 
+@dataclass(frozen=True)
+class History:
+    """Everything recorded about one client, read in bulk for a chunk of emails."""
+
+    client: Row
+    physician: Row
+    events: list  # in time order
+    measurements: list  # by instrument, then date
+
+
+def load_histories(conn: Connection, client_ids: list[int]) -> dict[int, History]:
+    """Histories of many clients in four queries per chunk, not a dozen per email."""
+    ids = sorted(set(client_ids))
+    found_clients = {}
+    found_events: dict[int, list] = {}
+    for chunk in _chunks(ids):
+        found_clients.update((r.id, r) for r in conn.execute(select(clients).where(clients.c.id.in_(chunk))))
+        rows = conn.execute(
+            select(events)
+            .where(events.c.client_id.in_(chunk))
+            .order_by(events.c.client_id, events.c.occurred_at, events.c.id)
+        )
+        for row in rows:
+            found_events.setdefault(row.client_id, []).append(row)
+    doctor_ids = sorted({c.physician_id for c in found_clients.values()})
+    doctors = {}
+    for chunk in _chunks(doctor_ids):
+        doctors.update((r.id, r) for r in conn.execute(select(physicians).where(physicians.c.id.in_(chunk))))
+    scores = _measurements(conn, ids)
+    return {
+        i: History(c, doctors[c.physician_id], found_events.get(i, []), scores.get(i, []))
+        for i, c in found_clients.items()
+    }
+
+
 def client_context(
     conn: Connection,
     settings: Settings,
@@ -194,26 +252,30 @@ def client_context(
     client_id: int,
     now: datetime,
     event_id: int | None = None,
+    history: History | None = None,
 ) -> dict:
-    """Everything a client-level template may use."""
-    client = conn.execute(select(clients).where(clients.c.id == client_id)).one()
-    physician = conn.execute(select(physicians).where(physicians.c.id == client.physician_id)).one()
+    """Everything a client-level template may use (from ``history`` when already loaded)."""
+    if history is None:
+        history = load_histories(conn, [client_id])[client_id]
+    client = history.client
     event = None
     if event_id is not None:
-        event = conn.execute(select(events).where(events.c.id == event_id)).one()
+        event = next((e for e in history.events if e.id == event_id), None)
+        if event is None:
+            raise LookupError(f"event {event_id} is not one of client {client_id}'s")
     local_now = now.astimezone(settings.tz)
     view = client_view(client)
-    assessments = _event_dates(conn, client_id, settings)
-    goal_status, achievements = goals_for(conn, client_id, view["goals"], settings)
+    assessments = _event_dates(history.events, settings)
+    goal_status, achievements = goals_from(history.events, view["goals"], settings)
     start = now - (rule.every or timedelta(days=30))
     if rule.every is None and client.referral_date is not None:
         start = min(start, datetime.combine(client.referral_date, datetime.min.time(), settings.tz))
-    outcomes = outcomes_for(conn, client_id, until=local_now.date())
-    attendance = attendance_for(conn, client_id, start, now)
-    adverse = _has_event(conn, client_id, "adverse_event", start, now)
+    outcomes = outcomes_from(history.measurements, until=local_now.date())
+    attendance = attendance_from(history.events, start, now)
+    adverse = any(e.kind == "adverse_event" and start <= e.occurred_at <= now for e in history.events)
     return {
         "practice": practice_view(settings),
-        "physician": physician_view(physician),
+        "physician": physician_view(history.physician),
         "client": view,
         "event": event_view(event, settings) if event is not None else None,
         "plan": plan_view(client, assessments),
@@ -230,6 +292,20 @@ def client_context(
     }
 
 
+def message_context(
+    conn: Connection,
+    settings: Settings,
+    rule: Rule,
+    client_id: int,
+    dedupe_key: str,
+    now: datetime,
+    history: History | None = None,
+) -> dict:
+    """The context of a queued update about a client, rebuilt (its event is in its dedupe key)."""
+    event_id = int(dedupe_key.rsplit(":", 1)[1]) if rule.event else None
+    return client_context(conn, settings, rule, client_id, now, event_id, history)
+
+
 REASSESS_EVERY = timedelta(days=30)
 
 
@@ -242,13 +318,9 @@ def plan_view(client, assessments: dict) -> dict:
     return {"text": client.plan or "", "next_reassessment": due}
 
 
-def goals_for(conn: Connection, client_id: int, goals: list[str], settings: Settings) -> tuple[list, list]:
+def goals_from(events_: list, goals: list[str], settings: Settings) -> tuple[list, list]:
     """Each goal, met or not (a goal_achieved event whose note names it); other achievements."""
-    achieved = conn.execute(
-        select(events.c.occurred_at, events.c.note)
-        .where(events.c.client_id == client_id, events.c.kind == "goal_achieved")
-        .order_by(events.c.occurred_at)
-    ).all()
+    achieved = [e for e in events_ if e.kind == "goal_achieved"]
     used: set[int] = set()
     status = []
     for number, goal in enumerate(goals, start=1):
@@ -281,32 +353,16 @@ def _same_goal(number: int, goal: str, note: str) -> bool:
     return goal in note
 
 
-def _has_event(conn: Connection, client_id: int, kind: str, start: datetime, end: datetime) -> bool:
-    found = conn.execute(
-        select(events.c.id).where(
-            events.c.client_id == client_id,
-            events.c.kind == kind,
-            events.c.occurred_at >= start,
-            events.c.occurred_at <= end,
-        )
-    ).first()
-    return found is not None
-
-
-def _event_dates(conn: Connection, client_id: int, settings: Settings) -> dict:
+def _event_dates(events_: list, settings: Settings) -> dict:
     """Dates of the first assessment and the latest reassessment, if any."""
     dates = {}
-    for kind, fn in (("initial_assessment", func.min), ("reassessment", func.max)):
-        at = conn.execute(
-            select(fn(events.c.occurred_at)).where(events.c.client_id == client_id, events.c.kind == kind)
-        ).scalar()
-        dates[kind] = None if at is None else _as_utc(at).astimezone(settings.tz).date()
+    for kind, pick in (("initial_assessment", min), ("reassessment", max)):
+        times = [_as_utc(e.occurred_at) for e in events_ if e.kind == kind]
+        dates[kind] = pick(times).astimezone(settings.tz).date() if times else None
     return dates
 
 
 def _as_utc(value: datetime) -> datetime:
-    from datetime import UTC
-
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value
 
 
@@ -323,8 +379,9 @@ def physician_context(
     start, end = period["start"], period["end"]
     referred = [r for r in rows if r.referral_date and start <= r.referral_date <= end]
     per_instrument: dict[str, list[Outcome]] = {}
+    scores = _measurements(conn, [row.id for row in rows])
     for row in rows:
-        for outcome in outcomes_for(conn, row.id, until=end):
+        for outcome in outcomes_from(scores.get(row.id, []), until=end):
             if outcome.count >= 2:
                 per_instrument.setdefault(outcome.instrument.code, []).append(outcome)
     measures = [

@@ -23,11 +23,12 @@ from markupsafe import Markup
 from sqlalchemy import Connection, Engine, func, or_, select, update
 
 from outreach import store
-from outreach.context import physician_view, practice_view
+from outreach.context import load_histories, message_context, physician_view, practice_view
 from outreach.errors import RenderError
 from outreach.models import FAILED, PENDING, PRIORITIES, SENDING, SENT, clients, messages, physicians
 from outreach.outbox import insert_message, trail
 from outreach.renderer import Renderer
+from outreach.rules import Rule
 from outreach.settings import Settings
 from outreach.windows import parse_window
 
@@ -54,8 +55,13 @@ def due_now(now: datetime):
     )
 
 
-def batch(engine: Engine, settings: Settings, renderer: Renderer, now: datetime) -> BatchReport:
-    """Combine and hold each physician's ready mail so the weekly cap is kept."""
+def batch(
+    engine: Engine, settings: Settings, renderer: Renderer, rules: list[Rule], now: datetime
+) -> BatchReport:
+    """Combine and hold each physician's ready mail so the weekly cap is kept.
+
+    ``rules`` are needed to render each update again as a digest section.
+    """
     report = BatchReport()
     with store.read(engine) as conn:
         ready = conn.execute(
@@ -64,12 +70,12 @@ def batch(engine: Engine, settings: Settings, renderer: Renderer, now: datetime)
             .order_by(messages.c.physician_id, messages.c.id)
         ).all()
     for physician_id, group in groupby(ready, key=lambda r: r.physician_id):
-        _batch_physician(engine, settings, renderer, physician_id, list(group), now, report)
+        _batch_physician(engine, settings, renderer, rules, physician_id, list(group), now, report)
     return report
 
 
 def _batch_physician(
-    engine, settings, renderer, physician_id: int, group: list, now: datetime, report
+    engine, settings, renderer, rules, physician_id: int, group: list, now: datetime, report
 ) -> None:
     with store.read(engine) as conn:
         doctor = conn.execute(select(physicians).where(physicians.c.id == physician_id)).one()
@@ -83,7 +89,7 @@ def _batch_physician(
     going, waiting = emails[:slots], emails[slots:]
     for ids in going:
         if len(ids) > 1:
-            digest_id = _make_digest(engine, settings, renderer, doctor, ids, now)
+            digest_id = _make_digest(engine, settings, renderer, rules, doctor, ids, now)
             if digest_id is not None:
                 report.digests.append(digest_id)
     if waiting:
@@ -144,35 +150,18 @@ def _hold(engine: Engine, ids: list[int], until: datetime, cap: int, now: dateti
     return len(held)
 
 
-def _make_digest(engine, settings, renderer, doctor, ids: list[int], now: datetime) -> int | None:
+def _make_digest(engine, settings, renderer, rules, doctor, ids: list[int], now: datetime) -> int | None:
     """One email carrying several client updates; the updates stay in the log, linked to it."""
-    with store.read(engine) as conn:
-        members = conn.execute(
-            select(
-                messages.c.id,
-                messages.c.subject,
-                messages.c.section_html,
-                messages.c.section_text,
-                clients.c.ref,
-            )
-            .join(clients, clients.c.id == messages.c.client_id)
-            .where(messages.c.id.in_(ids))
-            .order_by(messages.c.id)
-        ).all()
+    try:
+        sections = _sections(engine, settings, renderer, rules, ids, now)
+    except RenderError as exc:
+        log.error("digest for %s not rendered, updates go one by one: %s", doctor.email, exc)
+        return None
     context = {
         "practice": practice_view(settings),
         "physician": physician_view(doctor),
-        "sections": [
-            {
-                "title": m.subject,
-                "ref": m.ref,
-                "html": Markup(m.section_html),  # rendered and escaped when it was queued
-                "text": m.section_text,
-                "attention": "needs your attention" in m.section_text.lower(),
-            }
-            for m in members
-        ],
-        "count": len(members),
+        "sections": sections,
+        "count": len(sections),
         "now": now.astimezone(settings.tz),
         "today": now.astimezone(settings.tz).date(),
         "section_only": False,
@@ -185,7 +174,7 @@ def _make_digest(engine, settings, renderer, doctor, ids: list[int], now: dateti
     row = {
         "rule": DIGEST,
         "template": DIGEST,
-        "dedupe_key": f"{DIGEST}:{members[0].id}",
+        "dedupe_key": f"{DIGEST}:{min(ids)}",
         "client_id": None,
         "physician_id": doctor.id,
         "recipient": doctor.email,
@@ -209,6 +198,45 @@ def _make_digest(engine, settings, renderer, doctor, ids: list[int], now: dateti
     if digest_id is not None:
         log.info("digest message %s to %s carries %d updates", digest_id, doctor.email, len(ids))
     return digest_id
+
+
+def _sections(engine, settings, renderer, rules, ids: list[int], now: datetime) -> list[dict]:
+    """Each update rendered as a section, from the same records as when it was queued."""
+    by_name = {rule.name: rule for rule in rules}
+    with store.read(engine) as conn:
+        members = conn.execute(
+            select(
+                messages.c.id,
+                messages.c.rule,
+                messages.c.subject,
+                messages.c.client_id,
+                messages.c.dedupe_key,
+                clients.c.ref,
+            )
+            .join(clients, clients.c.id == messages.c.client_id)
+            .where(messages.c.id.in_(ids))
+            .order_by(messages.c.id)
+        ).all()
+        histories = load_histories(conn, [m.client_id for m in members])
+        sections = []
+        for m in members:
+            rule = by_name.get(m.rule)
+            if rule is None:
+                raise RenderError(f"message {m.id}: rule {m.rule} is no longer in the campaigns")
+            context = message_context(
+                conn, settings, rule, m.client_id, m.dedupe_key, now, histories[m.client_id]
+            )
+            section = renderer.render_section(rule.template, context, m.subject)
+            sections.append(
+                {
+                    "title": m.subject,
+                    "ref": m.ref,
+                    "html": Markup(section.html),  # rendered with autoescape on
+                    "text": section.text,
+                    "attention": "needs your attention" in section.text.lower(),
+                }
+            )
+    return sections
 
 
 def _store_digest(engine: Engine, row: dict, ids: list[int], now: datetime) -> int | None:

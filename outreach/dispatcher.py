@@ -12,6 +12,7 @@ next pass, so a database outage does not turn accepted mail into resends.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
@@ -22,16 +23,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import Connection, Engine, and_, or_, select, update
+from sqlalchemy import Connection, Engine, and_, bindparam, exists, or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from outreach import store
 from outreach.backends.base import Backend
 from outreach.compose import build_email
-from outreach.digest import settle_members
+from outreach.digest import DIGEST, settle_members
 from outreach.errors import BatchAbort, DatabaseError, NotFound, PermanentError, TransientError
-from outreach.models import FAILED, PENDING, SENDING, SENT, messages
+from outreach.models import FAILED, PENDING, SENDING, SENT, message_bodies, messages
 from outreach.outbox import trail as _trail
+from outreach.outbox import trail_many, with_body
 from outreach.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -65,6 +67,7 @@ class _Outcome:
     values: dict
     action: str
     detail: str
+    digest: bool = False  # a digest settles the updates it carries
 
 
 @dataclass
@@ -132,8 +135,12 @@ def release_expired(engine: Engine, now: datetime) -> int:
 
 
 def claim(engine: Engine, settings: Settings, limit: int, now: datetime, worker: str) -> list:
-    """Lease up to ``limit`` due messages to this worker, most urgent first."""
-    with store.write(engine) as conn:
+    """Lease up to ``limit`` due messages to this worker, most urgent first.
+
+    Committed without waiting for the disk: a claim lost to a power cut only
+    means the messages are claimed again, none of them having been sent.
+    """
+    with store.write(engine, durable=False) as conn:
         query = (
             select(messages.c.id)
             .where(
@@ -156,13 +163,10 @@ def claim(engine: Engine, settings: Settings, limit: int, now: datetime, worker:
             .where(messages.c.id.in_(ids))
             .values(status=SENDING, lease_until=lease_until, claimed_by=worker, updated_at=now)
         )
-        for message_id in ids:
-            _trail(conn, message_id, now, "claimed", worker)
+        trail_many(conn, now, [(message_id, "claimed", worker) for message_id in ids])
         return list(
             conn.execute(
-                select(messages)
-                .where(messages.c.id.in_(ids))
-                .order_by(messages.c.priority.desc(), messages.c.id)
+                with_body().where(messages.c.id.in_(ids)).order_by(messages.c.priority.desc(), messages.c.id)
             )
         )
 
@@ -172,21 +176,20 @@ def _finish(engine: Engine, worker: str, outcome: _Outcome) -> bool:
 
     An acceptance is recorded even if the lease ran out meanwhile, as long as
     nobody has claimed the message again: it did go, sending it again would
-    be a double.
+    be a double. Written without waiting for the disk (see ``store.write``):
+    this runs once per message sent, and a killed process loses nothing.
     """
-    mine = and_(messages.c.status == SENDING, messages.c.claimed_by == worker)
-    released = and_(messages.c.status == PENDING, messages.c.claimed_by.is_(None))
-    allowed = or_(mine, released) if outcome.action == "sent" else mine
-    with store.write(engine) as conn:
-        values = {"lease_until": None, "updated_at": outcome.at, "claimed_by": None, **outcome.values}
-        if outcome.values.get("status") != PENDING:
-            values["claimed_by"] = worker  # who sent (or failed) it stays on record
-        result = conn.execute(
-            update(messages).where(messages.c.id == outcome.message_id, allowed).values(**values)
-        )
+    values = {"lease_until": None, "updated_at": outcome.at, "claimed_by": None, **outcome.values}
+    if outcome.values.get("status") != PENDING:
+        values["claimed_by"] = worker  # who sent (or failed) it stays on record
+    statement = _finish_statement(outcome.action == "sent", tuple(sorted(values)))
+    with store.write(engine, durable=False) as conn:
+        params = {f"new_{key}": value for key, value in values.items()}
+        result = conn.execute(statement, {**params, "message": outcome.message_id, "worker": worker})
         if result.rowcount:
             _trail(conn, outcome.message_id, outcome.at, outcome.action, outcome.detail)
-            settle_members(conn, outcome.message_id, outcome.values.get("status"), outcome.at)
+            if outcome.digest:
+                settle_members(conn, outcome.message_id, outcome.values.get("status"), outcome.at)
             return True
         current = conn.execute(
             select(messages.c.status, messages.c.claimed_by).where(messages.c.id == outcome.message_id)
@@ -197,6 +200,20 @@ def _finish(engine: Engine, worker: str, outcome: _Outcome) -> bool:
         "message %s: lease lost before its outcome was recorded (%s)", outcome.message_id, outcome.action
     )
     return False
+
+
+@functools.cache
+def _finish_statement(accepted: bool, columns: tuple[str, ...]):
+    """The outcome update, built once per shape: it runs for every message sent."""
+    worker = bindparam("worker")
+    mine = and_(messages.c.status == SENDING, messages.c.claimed_by == worker)
+    released = and_(messages.c.status == PENDING, messages.c.claimed_by.is_(None))
+    allowed = or_(mine, released) if accepted else mine
+    return (
+        update(messages)
+        .where(messages.c.id == bindparam("message"), allowed)
+        .values({column: bindparam(f"new_{column}") for column in columns})
+    )
 
 
 def _record(engine: Engine, worker: str, outcome: _Outcome) -> bool:
@@ -273,34 +290,120 @@ def _renew(engine: Engine, settings: Settings, worker: str, ids: list[int], now:
     return lease_until, held
 
 
+class Recorder:
+    """Writes each outcome on a second thread while the next email is built and offered.
+
+    The next email is handed over (SMTP DATA) only once the previous outcome
+    is on record (``wait``, called by the backend just before), so no more
+    than one accepted message is ever unrecorded, as when outcomes were
+    written in line; the commit overlaps building the next email and the
+    MAIL/RCPT exchange instead of adding to them. A database error raised
+    while recording comes out of the next ``wait``.
+    """
+
+    def __init__(self, engine: Engine, worker: str):
+        self._engine, self._worker = engine, worker
+        self._next: tuple[_Outcome, Callable[[bool], None]] | None = None
+        self._error: BaseException | None = None
+        self._closed = False
+        self._changed = threading.Condition()
+        self._thread = threading.Thread(target=self._run, name="outreach-recorder", daemon=True)
+        self._thread.start()
+
+    def submit(self, outcome: _Outcome, done: Callable[[bool], None]) -> None:
+        """Record ``outcome``, then call ``done(recorded)``; returns at once."""
+        self.wait()
+        with self._changed:
+            self._next = (outcome, done)
+            self._changed.notify_all()
+
+    def wait(self) -> None:
+        """Until the last outcome submitted is on record; raises what recording it raised."""
+        with self._changed:
+            while self._next is not None:
+                self._changed.wait()
+            error, self._error = self._error, None
+        if error is not None:
+            raise error
+
+    def close(self, quietly: bool = False) -> None:
+        """Finish the last outcome and stop the thread; raises as ``wait`` does unless ``quietly``."""
+        if self._closed:
+            return
+        try:
+            self.wait()
+        except BaseException:
+            if not quietly:
+                raise
+        finally:
+            with self._changed:
+                self._closed = True
+                self._changed.notify_all()
+            self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            with self._changed:
+                while self._next is None and not self._closed:
+                    self._changed.wait()
+                if self._next is None:
+                    return
+                outcome, done = self._next
+            error = None
+            try:
+                done(_record(self._engine, self._worker, outcome))
+            except BaseException as exc:  # handed to the sending thread at its next wait
+                error = exc
+            with self._changed:
+                self._next, self._error = None, error
+                self._changed.notify_all()
+
+
+class _InLine:
+    """Records each outcome before returning (``deliver`` called on its own)."""
+
+    def __init__(self, engine: Engine, worker: str):
+        self._engine, self._worker = engine, worker
+
+    def submit(self, outcome: _Outcome, done: Callable[[bool], None]) -> None:
+        done(_record(self._engine, self._worker, outcome))
+
+    def wait(self) -> None:
+        pass
+
+
 def deliver(
-    engine: Engine, settings: Settings, backend: Backend, row, worker: str, clock: Clock, report: SendReport
+    engine: Engine,
+    settings: Settings,
+    backend: Backend,
+    row,
+    worker: str,
+    clock: Clock,
+    report: SendReport,
+    recorder: Recorder | None = None,
 ) -> None:
     """Send one claimed message and record what happened to it."""
+    record = recorder or _InLine(engine, worker)
     attempts = row.attempts + 1
     try:
         msg = build_email(row, settings, clock())
     except Exception as exc:  # a stored row no email can be made of: it will never go
-        _failed(
-            engine, row, worker, clock(), attempts, f"cannot build the email: {_describe(exc)}", "", report
-        )
+        _failed(record, row, clock(), attempts, f"cannot build the email: {_describe(exc)}", "", report)
         return
     try:
-        response = backend.send(msg, settings.from_addr, row.recipient)
+        response = backend.send(msg, settings.from_addr, row.recipient, before_data=record.wait)
     except PermanentError as exc:
-        _failed(engine, row, worker, clock(), attempts, one_line(exc), one_line(exc.reply), report)
+        _failed(record, row, clock(), attempts, one_line(exc), one_line(exc.reply), report)
         return
     except TransientError as exc:
-        _transient(
-            engine, settings, row, worker, clock(), attempts, one_line(exc), one_line(exc.reply), report
-        )
+        _transient(record, settings, row, clock(), attempts, one_line(exc), one_line(exc.reply), report)
         return
-    except BatchAbort:
+    except (BatchAbort, *DB_ERRORS):
         raise
     except Exception as exc:  # a backend bug or an odd reply: retry this one, keep the batch going
         backend.close()
         log.debug("message %s: unexpected error from the %s backend", row.id, backend.name, exc_info=True)
-        _transient(engine, settings, row, worker, clock(), attempts, _describe(exc), "", report)
+        _transient(record, settings, row, clock(), attempts, _describe(exc), "", report)
         return
     now, response = clock(), one_line(response)
     values = {
@@ -310,35 +413,47 @@ def deliver(
         "smtp_response": response,
         "last_error": None,
     }
-    if _record(engine, worker, _Outcome(row.id, now, values, "sent", response)):
-        report.sent.append(row.id)
-        log.info("message %s sent to %s: %s", row.id, row.recipient, response)
+
+    def sent(recorded: bool) -> None:
+        if recorded:
+            report.sent.append(row.id)
+            log.info("message %s sent to %s: %s", row.id, row.recipient, response)
+
+    record.submit(_Outcome(row.id, now, values, "sent", response, _is_digest(row)), sent)
+
+
+def _is_digest(row) -> bool:
+    return row.kind == DIGEST
 
 
 def _describe(exc: BaseException) -> str:
     return one_line(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
 
 
-def _failed(engine, row, worker, now, attempts: int, error: str, reply: str, report: SendReport) -> None:
+def _failed(record, row, now, attempts: int, error: str, reply: str, report: SendReport) -> None:
     values = {"status": FAILED, "attempts": attempts, "last_error": error, "smtp_response": reply or None}
-    _record(engine, worker, _Outcome(row.id, now, values, "failed", error))
-    report.failed.append(row.id)
-    log.error("message %s failed: %s", row.id, error)
+
+    def failed(_recorded: bool) -> None:
+        report.failed.append(row.id)
+        log.error("message %s failed: %s", row.id, error)
+
+    record.submit(_Outcome(row.id, now, values, "failed", error, _is_digest(row)), failed)
 
 
-def _transient(engine, settings, row, worker, now, attempts: int, error: str, reply: str, report) -> None:
+def _transient(record, settings, row, now, attempts: int, error: str, reply: str, report) -> None:
     """Try again after a growing delay, or give up after the last attempt."""
     if attempts >= settings.max_attempts:
-        _failed(
-            engine, row, worker, now, attempts, f"gave up after {attempts} attempts: {error}", reply, report
-        )
+        _failed(record, row, now, attempts, f"gave up after {attempts} attempts: {error}", reply, report)
         return
     retry_at = now + backoff(settings, attempts)
     values = {"status": PENDING, "attempts": attempts, "last_error": error, "next_attempt_at": retry_at}
     detail = f"{error}; retry after {retry_at:%Y-%m-%d %H:%M:%S} UTC"
-    _record(engine, worker, _Outcome(row.id, now, values, "deferred", detail))
-    report.deferred.append(row.id)
-    log.warning("message %s deferred (attempt %d): %s", row.id, attempts, error)
+
+    def deferred(_recorded: bool) -> None:
+        report.deferred.append(row.id)
+        log.warning("message %s deferred (attempt %d): %s", row.id, attempts, error)
+
+    record.submit(_Outcome(row.id, now, values, "deferred", detail, _is_digest(row)), deferred)
 
 
 def send_due(
@@ -376,22 +491,43 @@ def _default_worker() -> str:
 
 
 def _send_batch(engine, settings, backend, batch, worker, clock, stop, report) -> bool:
-    """One connection for the batch; False when sending must stop for now."""
+    """One connection and one recorder for the batch; False when sending must stop for now."""
+    recorder = Recorder(engine, worker)
+    try:
+        going = _offer_batch(engine, settings, backend, batch, worker, clock, stop, report, recorder)
+        recorder.close()
+        return going
+    except DB_ERRORS:
+        # The database went away mid-batch: what is not sent is handed back when it returns.
+        recorder.close(quietly=True)  # an outcome it could not write is in the backlog already
+        backlog = _backlog(engine, worker)
+        waiting = {o.message_id for o in backlog.outcomes}
+        backlog.release.update(row.id for row in batch if row.id not in _done(report) | waiting)
+        raise
+    finally:
+        recorder.close(quietly=True)
+        backend.close()
+
+
+def _offer_batch(engine, settings, backend, batch, worker, clock, stop, report, recorder) -> bool:
     lease_until = clock() + timedelta(seconds=settings.lease_seconds)
     held = {row.id for row in batch}
     try:
         backend.open()
         for index, row in enumerate(batch):
             if stop is not None and stop.is_set():
+                recorder.wait()
                 _release(engine, batch[index:], worker, clock(), "", clock())
                 return False
             if clock() > lease_until - timedelta(seconds=settings.lease_seconds / 2):
+                recorder.wait()
                 lease_until, held = _renew(engine, settings, worker, [r.id for r in batch[index:]], clock())
             if row.id not in held:
                 log.warning("message %s: lease lost before sending; left to its new sender", row.id)
                 continue
-            deliver(engine, settings, backend, row, worker, clock, report)
+            deliver(engine, settings, backend, row, worker, clock, report, recorder)
     except BatchAbort as exc:
+        recorder.wait()
         now = clock()
         unsent = [row for row in batch if row.id not in _done(report)]
         reason = one_line(exc)
@@ -399,14 +535,6 @@ def _send_batch(engine, settings, backend, batch, worker, clock, stop, report) -
         report.aborted = reason
         log.error("sending stopped, %d message(s) left queued: %s", len(unsent), reason)
         return False
-    except DB_ERRORS:
-        # The database went away mid-batch: what is not sent is handed back when it returns.
-        backlog = _backlog(engine, worker)
-        waiting = {o.message_id for o in backlog.outcomes}
-        backlog.release.update(row.id for row in batch if row.id not in _done(report) | waiting)
-        raise
-    finally:
-        backend.close()
     return True
 
 
@@ -414,11 +542,17 @@ def _done(report: SendReport) -> set[int]:
     return {*report.sent, *report.deferred, *report.failed}
 
 
+def _unrendered():
+    """The message failed to render (a template error): there is nothing to send."""
+    rendered = exists().where(message_bodies.c.message_id == messages.c.id, message_bodies.c.html != "")
+    return ~rendered
+
+
 def retry_failed(engine: Engine, now: datetime, ids: list[int] | None = None) -> int:
     """Put failed messages back in the queue with a fresh set of attempts."""
     with store.write(engine) as conn:
         # A message that never rendered (template error) has nothing to resend.
-        query = select(messages.c.id).where(messages.c.status == FAILED, messages.c.html != "")
+        query = select(messages.c.id).where(messages.c.status == FAILED, ~_unrendered())
         if ids is not None:
             found = dict(
                 conn.execute(select(messages.c.id, messages.c.status).where(messages.c.id.in_(ids))).all()
@@ -428,7 +562,7 @@ def retry_failed(engine: Engine, now: datetime, ids: list[int] | None = None) ->
                 raise NotFound(f"no message with id {', '.join(map(str, missing))}")
             not_failed = [f"{i} is {found[i]}" for i in ids if found[i] != FAILED]
             unrendered = conn.execute(
-                select(messages.c.id).where(messages.c.id.in_(ids), messages.c.html == "")
+                select(messages.c.id).where(messages.c.id.in_(ids), _unrendered())
             ).scalars()
             not_failed += [f"{i} was never rendered (fix its template)" for i in unrendered]
             if not_failed:

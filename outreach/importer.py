@@ -21,11 +21,19 @@ from sqlalchemy import Connection, Engine, select, update
 from outreach import store
 from outreach.errors import ImportFileError, OutreachError
 from outreach.instruments import lookup
-from outreach.models import CLIENT_STATUSES, EVENT_KINDS, clients, events, measurements, physicians
+from outreach.models import (
+    CLIENT_STATUSES,
+    EVENT_KINDS,
+    IMPORT_KINDS,
+    clients,
+    events,
+    measurements,
+    physicians,
+)
 from outreach.settings import EMAIL_RE, Settings
 from outreach.windows import parse_window
 
-KINDS = ("physicians", "clients", "events", "measures")
+KINDS = IMPORT_KINDS
 
 
 @dataclass

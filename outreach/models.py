@@ -43,6 +43,9 @@ EVENT_KINDS = (
 
 CLIENT_STATUSES = ("referred", "active", "on_hold", "discharged")
 
+# What ``outreach import`` reads: one CSV file of each.
+IMPORT_KINDS = ("physicians", "clients", "events", "measures")
+
 # Message lifecycle (DESIGN.md): a fixed vocabulary, nothing else is written.
 PENDING, SENDING, SENT, FAILED, SUPPRESSED, CANCELLED = (
     "pending",
@@ -172,12 +175,8 @@ messages = Table(
     Column("recipient", String(254), nullable=False),
     Column("recipient_name", String(300), nullable=False, default=""),
     Column("subject", String(300), nullable=False),
-    Column("html", Text, nullable=False),
-    Column("text", Text, nullable=False),
     Column("priority", SmallInteger, nullable=False, default=PRIORITY_NORMAL),
     Column("kind", String(20), nullable=False, default="clinical"),  # or relationship, digest
-    Column("section_html", Text, nullable=False, default=""),  # this update as a digest section
-    Column("section_text", Text, nullable=False, default=""),
     Column("digest_id", Integer, ForeignKey("messages.id"), nullable=True, index=True),
     Column("status", String(20), nullable=False),
     Column("not_before", UTCDateTime, nullable=True),
@@ -194,6 +193,19 @@ messages = Table(
     Index("ix_messages_queue", "status", "next_attempt_at"),
     Index("ix_messages_physician_created", "physician_id", "created_at"),
     Index("ix_messages_created", "created_at"),
+    # ``outreach log --status X`` (newest first) and the planner's recent messages by status.
+    Index("ix_messages_status_created", "status", "created_at"),
+)
+
+# What a message says, apart from the log entry itself: the log is scanned
+# and updated all the time, the bodies are read once (to send or to show).
+# Kept in their own table so a status change never rewrites kilobytes of HTML.
+message_bodies = Table(
+    "message_bodies",
+    metadata,
+    Column("message_id", Integer, ForeignKey("messages.id"), primary_key=True),
+    Column("html", Text, nullable=False),
+    Column("text", Text, nullable=False),
 )
 
 message_events = Table(

@@ -20,7 +20,14 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import Connection, Engine, String, cast, exists, func, literal, select, update
 
 from outreach import store
-from outreach.context import MIN_COHORT, client_context, physician_context
+from outreach.context import (
+    MIN_COHORT,
+    History,
+    client_context,
+    load_histories,
+    message_context,
+    physician_context,
+)
 from outreach.digest import BatchReport, batch
 from outreach.errors import RenderError
 from outreach.models import (
@@ -33,11 +40,12 @@ from outreach.models import (
     SUPPRESSED,
     clients,
     events,
+    message_bodies,
     message_events,
     messages,
     physicians,
 )
-from outreach.outbox import insert_message, trail
+from outreach.outbox import insert_messages, trail, trail_many
 from outreach.renderer import Rendered, Renderer
 from outreach.rules import Rule
 from outreach.settings import Settings
@@ -163,7 +171,8 @@ def _due_on_event(conn: Connection, rule: Rule, now: datetime) -> list[Draft]:
     today = now.date()
     found = conn.execute(query).all()
     if rule.consecutive:
-        found = [row for row in found if _ends_streak(conn, row.event_id, rule.consecutive)]
+        ends = _streak_ends(conn, {row.client_id for row in found}, rule.consecutive)
+        found = [row for row in found if row.event_id in ends]
     return [
         Draft(
             rule=rule,
@@ -181,31 +190,27 @@ def _due_on_event(conn: Connection, rule: Rule, now: datetime) -> list[Draft]:
 SESSION_KINDS = ("session_attended", "session_missed")
 
 
-def _ends_streak(conn: Connection, event_id: int, length: int) -> bool:
-    """This missed session is exactly the ``length``-th missed in a row (not the 4th of 3)."""
-    event = conn.execute(
-        select(events.c.client_id, events.c.occurred_at).where(events.c.id == event_id)
-    ).one()
-    kinds = (
-        conn.execute(
-            select(events.c.kind)
-            .where(
-                events.c.client_id == event.client_id,
-                events.c.kind.in_(SESSION_KINDS),
-                events.c.occurred_at <= event.occurred_at,
-            )
-            .order_by(events.c.occurred_at.desc(), events.c.id.desc())
-            .limit(length + 1)
+def _streak_ends(conn: Connection, client_ids: set[int], length: int) -> set[int]:
+    """Missed sessions that are exactly the ``length``-th missed in a row (not the 4th of 3).
+
+    One query per chunk of clients, not two per missed session: the steady
+    tick re-examines every recent miss that did not end a streak.
+    """
+    ends: set[int] = set()
+    for chunk in _chunks(sorted(client_ids), CHUNK):
+        sessions = conn.execute(
+            select(events.c.client_id, events.c.id, events.c.kind)
+            .where(events.c.client_id.in_(chunk), events.c.kind.in_(SESSION_KINDS))
+            .order_by(events.c.client_id, events.c.occurred_at, events.c.id)
         )
-        .scalars()
-        .all()
-    )
-    streak = kinds[:length]
-    return (
-        len(streak) == length
-        and all(k == "session_missed" for k in streak)
-        and (len(kinds) == length or kinds[length] != "session_missed")
-    )
+        client, run = None, 0
+        for row in sessions:
+            if row.client_id != client:
+                client, run = row.client_id, 0
+            run = run + 1 if row.kind == "session_missed" else 0
+            if run == length:
+                ends.add(row.id)
+    return ends
 
 
 def _due_recurring_client(conn: Connection, rule: Rule, settings: Settings, now: datetime) -> list[Draft]:
@@ -358,7 +363,7 @@ def plan(
             drafts = find_due(conn, [rule], settings, now)
         for chunk in _chunks(drafts, QUEUE_CHUNK):
             _queue(engine, settings, renderer, chunk, now, report)
-    report.digests = batch(engine, settings, renderer, now)
+    report.digests = batch(engine, settings, renderer, rules, now)
     if report.total or report.cancelled:
         log.info(
             "planned: %d queued, %d suppressed, %d failed, %d cancelled",
@@ -367,9 +372,16 @@ def plan(
     return report
 
 
-def _render_draft(conn: Connection, settings: Settings, renderer: Renderer, draft: Draft, now: datetime):
+def _render_draft(
+    conn: Connection,
+    settings: Settings,
+    renderer: Renderer,
+    draft: Draft,
+    now: datetime,
+    history: History | None = None,
+) -> Rendered:
     if draft.client_id is not None:
-        context = client_context(conn, settings, draft.rule, draft.client_id, now, draft.event_id)
+        context = client_context(conn, settings, draft.rule, draft.client_id, now, draft.event_id, history)
     else:
         context = physician_context(conn, settings, draft.rule, draft.physician_id, now, draft.period)
         if context["cohort"]["size"] < MIN_COHORT and draft.suppress_reason is None:
@@ -385,18 +397,28 @@ def _queue(
     now: datetime,
     report: PlanReport,
 ) -> None:
-    """Render a chunk of drafts in one read, store them in one write transaction."""
+    """Render a chunk of drafts in one read, store them in one write transaction.
+
+    The clients' histories are read in bulk and the rows inserted with one
+    statement: per email, the cost is the rendering alone.
+    """
     with store.read(engine) as conn:
-        rows = [_message_row(conn, settings, renderer, draft, now) for draft in drafts]
+        histories = load_histories(conn, [d.client_id for d in drafts if d.client_id is not None])
+        rows = [
+            _message_row(conn, settings, renderer, draft, now, histories.get(draft.client_id))
+            for draft in drafts
+        ]
     with store.write(engine) as conn:
-        stored = []
-        for draft, (row, detail) in zip(drafts, rows, strict=True):
-            message_id = insert_message(conn, row)
-            if message_id is None:
-                continue  # another planner queued it first
-            action = {PENDING: "queued", SUPPRESSED: "suppressed", FAILED: "failed"}[row["status"]]
-            trail(conn, message_id, now, action, detail)
-            stored.append((message_id, draft, row["status"], detail))
+        ids = insert_messages(conn, [row for row, _ in rows])
+        stored = [
+            (message_id, draft, row["status"], detail)
+            for message_id, draft, (row, detail) in zip(ids, drafts, rows, strict=True)
+            if message_id is not None  # else another planner queued it first
+        ]
+        actions = {PENDING: "queued", SUPPRESSED: "suppressed", FAILED: "failed"}
+        trail_many(
+            conn, now, [(message_id, actions[status], detail) for message_id, _, status, detail in stored]
+        )
     for message_id, draft, status, detail in stored:
         if status == PENDING:
             report.queued.append(draft)
@@ -408,10 +430,17 @@ def _queue(
             log.error("message %s failed to render: %s", message_id, detail)
 
 
-def _message_row(conn: Connection, settings: Settings, renderer: Renderer, draft: Draft, now: datetime):
+def _message_row(
+    conn: Connection,
+    settings: Settings,
+    renderer: Renderer,
+    draft: Draft,
+    now: datetime,
+    history: History | None,
+):
     """The outbox row for a draft, rendered, and what its trail should say."""
     try:
-        rendered = _render_draft(conn, settings, renderer, draft, now)
+        rendered = _render_draft(conn, settings, renderer, draft, now, history)
         error = None
     except RenderError as exc:
         rendered = Rendered(f"(not rendered: {draft.rule.template})", "", "")
@@ -436,8 +465,6 @@ def _message_row(conn: Connection, settings: Settings, renderer: Renderer, draft
         "subject": rendered.subject,
         "html": rendered.html,
         "text": rendered.text,
-        "section_html": rendered.section_html,
-        "section_text": rendered.section_text,
         "kind": draft.rule.kind,
         "priority": draft.rule.priority,
         "status": status,
@@ -550,30 +577,23 @@ def reconsider_consent(
     if not by_name:
         return 0, 0
     today = now.astimezone(settings.tz).date()
+    oldest = now - max(rule.max_age for rule in by_name.values())
+    consenting = _consent_in_effect(today)
+    about_client = messages.c.rule.in_(list(by_name)) & messages.c.digest_id.is_(None)
+    # Only the messages whose consent changed come back: the steady tick reads
+    # (almost) nothing, not the whole log.
+    now_refused = (messages.c.status == PENDING) & about_client & ~consenting
+    now_given = (
+        (messages.c.status == SUPPRESSED)
+        & (messages.c.created_at >= oldest)
+        & about_client
+        & messages.c.last_error.contains("consent")
+        & consenting
+    )
     with store.read(engine) as conn:
-        rows = conn.execute(
-            select(
-                messages.c.id,
-                messages.c.status,
-                messages.c.rule,
-                messages.c.dedupe_key,
-                messages.c.created_at,
-                messages.c.last_error,
-                clients.c.id.label("client_id"),
-                clients.c.ref,
-                clients.c.consent_date,
-                clients.c.consent_expires,
-                clients.c.consent_revoked_on,
-                *_recipient_columns(),
-            )
-            .select_from(messages.join(clients).join(physicians, physicians.c.id == clients.c.physician_id))
-            .where(
-                messages.c.rule.in_(list(by_name)),
-                messages.c.digest_id.is_(None),
-                (messages.c.status == PENDING)
-                | ((messages.c.status == SUPPRESSED) & messages.c.last_error.contains("consent")),
-            )
-        ).all()
+        rows = [
+            row for where in (now_refused, now_given) for row in conn.execute(_consent_query().where(where))
+        ]
     suppressed = revived = 0
     for row in rows:
         problem = _consent_problem(row, today)
@@ -582,6 +602,32 @@ def reconsider_consent(
         elif row.status == SUPPRESSED and not problem and now - row.created_at <= by_name[row.rule].max_age:
             revived += _revive(engine, settings, renderer, by_name[row.rule], row, now)
     return suppressed, revived
+
+
+def _consent_in_effect(today: date):
+    """SQL for "this client's consent is on record and in effect today" (see ``_consent_problem``)."""
+    return (
+        clients.c.consent_date.is_not(None)
+        & (clients.c.consent_date <= today)
+        & (clients.c.consent_expires.is_(None) | (clients.c.consent_expires >= today))
+        & (clients.c.consent_revoked_on.is_(None) | (clients.c.consent_revoked_on > today))
+    )
+
+
+def _consent_query():
+    return select(
+        messages.c.id,
+        messages.c.status,
+        messages.c.rule,
+        messages.c.dedupe_key,
+        messages.c.created_at,
+        clients.c.id.label("client_id"),
+        clients.c.ref,
+        clients.c.consent_date,
+        clients.c.consent_expires,
+        clients.c.consent_revoked_on,
+        *_recipient_columns(),
+    ).select_from(messages.join(clients).join(physicians, physicians.c.id == clients.c.physician_id))
 
 
 def _set_status(engine: Engine, message_id: int, old: str, new: str, now: datetime, detail: str) -> int:
@@ -601,12 +647,10 @@ def _set_status(engine: Engine, message_id: int, old: str, new: str, now: dateti
 
 def _revive(engine: Engine, settings: Settings, renderer: Renderer, rule: Rule, row, now: datetime) -> int:
     """Render a consent-suppressed message afresh and queue it."""
-    event_id = int(row.dedupe_key.rsplit(":", 1)[1]) if rule.event else None
-    draft = Draft(rule=rule, dedupe_key=row.dedupe_key, client_id=row.client_id, client_ref=row.ref,
-                  event_id=event_id, **_recipient(row))  # fmt: skip
     try:
         with store.read(engine) as conn:
-            rendered = _render_draft(conn, settings, renderer, draft, now)
+            context = message_context(conn, settings, rule, row.client_id, row.dedupe_key, now)
+        rendered = renderer.render(rule.template, context)
     except RenderError as exc:
         log.error("message %s could not be rendered again: %s", row.id, exc)
         return 0
@@ -620,10 +664,6 @@ def _revive(engine: Engine, settings: Settings, renderer: Renderer, rule: Rule, 
             .values(
                 status=PENDING,
                 subject=rendered.subject,
-                html=rendered.html,
-                text=rendered.text,
-                section_html=rendered.section_html,
-                section_text=rendered.section_text,
                 not_before=not_before,
                 next_attempt_at=now,
                 last_error=None,
@@ -631,6 +671,11 @@ def _revive(engine: Engine, settings: Settings, renderer: Renderer, rule: Rule, 
             )
         ).rowcount
         if done:
+            conn.execute(
+                update(message_bodies)
+                .where(message_bodies.c.message_id == row.id)
+                .values(html=rendered.html, text=rendered.text)
+            )
             detail = "consent now on record: rendered again and queued" + (f"; {held}" if held else "")
             trail(conn, row.id, now, "queued", detail)
     return done

@@ -8,8 +8,10 @@ notice). A missing variable is an error that names it, never "Dear ,".
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
+import textwrap
 from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
@@ -30,8 +32,14 @@ class Rendered:
     subject: str
     html: str
     text: str
-    section_html: str = ""  # the same update as one section of a digest (not inlined)
-    section_text: str = ""
+
+
+@dataclass(frozen=True)
+class Section:
+    """One update as a section of a digest (not inlined: the digest is, as a whole)."""
+
+    html: str
+    text: str
 
 
 def _date(value: date | datetime | None, with_time: bool = False) -> str:
@@ -48,6 +56,43 @@ def _pad(value: object, width: int) -> str:
     return str(value).ljust(width)
 
 
+@functools.lru_cache(maxsize=16384)
+def _wrap_line(line: str, width: int, break_long_words: bool, break_on_hyphens: bool) -> tuple[str, ...]:
+    """textwrap.wrap as Jinja's ``wordwrap`` calls it, remembered: most lines recur."""
+    return tuple(
+        textwrap.wrap(
+            line,
+            width=width,
+            expand_tabs=False,
+            replace_whitespace=False,
+            break_long_words=break_long_words,
+            break_on_hyphens=break_on_hyphens,
+        )
+    )
+
+
+@jinja2.pass_environment
+def _wordwrap(
+    environment: jinja2.Environment,
+    s: str,
+    width: int = 79,
+    break_long_words: bool = True,
+    wrapstring: str | None = None,
+    break_on_hyphens: bool = True,
+) -> str:
+    """Jinja's ``wordwrap`` filter, line for line, with each line's wrapping cached.
+
+    Plain-text emails wrap a dozen paragraphs each, and textwrap is slow;
+    the same sentences recur in every email of a kind.
+    """
+    if wrapstring is None:
+        wrapstring = environment.newline_sequence
+    return wrapstring.join(
+        wrapstring.join(_wrap_line(line, width, break_long_words, break_on_hyphens))
+        for line in str(s).splitlines()
+    )
+
+
 def make_environment(templates_dir: Path) -> jinja2.Environment:
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(templates_dir)),
@@ -57,7 +102,7 @@ def make_environment(templates_dir: Path) -> jinja2.Environment:
         lstrip_blocks=True,
         keep_trailing_newline=True,
     )
-    env.filters.update(score=format_score, change=format_change, date=_date, pad=_pad)
+    env.filters.update(score=format_score, change=format_change, date=_date, pad=_pad, wordwrap=_wordwrap)
     return env
 
 
@@ -110,26 +155,41 @@ class ShapeCachedInliner:
 
 
 def _learn(stripped: str, reference: str) -> list | None:
-    """Per element: its attributes after premailer, or None where it was removed."""
+    """What premailer changed: (element index, its attributes after, or None if removed)."""
     tree = etree.fromstring(stripped, etree.HTMLParser()).getroottree()
     elements = list(tree.getroot().iter())
+    before = [dict(el.attrib) for el in elements]
     _premailer(tree.getroot()).transform()
     root = tree.getroot()
-    plan = [None if (el is not root and el.getparent() is None) else dict(el.attrib) for el in elements]
-    if sum(1 for _ in root.iter()) != sum(1 for p in plan if p is not None):
+    after = [None if (el is not root and el.getparent() is None) else dict(el.attrib) for el in elements]
+    if sum(1 for _ in root.iter()) != sum(1 for a in after if a is not None):
         return None  # premailer added elements (e.g. a <head>): not replayable
     if any(str(el.tag) == "style" for el in root.iter()):
         return None  # leftover CSS kept in a <style>: not replayable
+    plan = [_change(i, b, a) for i, (b, a) in enumerate(zip(before, after, strict=True)) if a != b]
     fresh = etree.fromstring(stripped, etree.HTMLParser()).getroottree()
     replayed = _replay(fresh, stripped, list(fresh.getroot().iter()), plan)
     return plan if replayed == reference else None
 
 
+def _change(index: int, before: dict, after: dict | None) -> tuple:
+    """One element's change: removed, attributes appended (the usual case), or all replaced."""
+    if after is None:
+        return index, "remove", None
+    if list(after)[: len(before)] == list(before) and all(after[k] == v for k, v in before.items()):
+        return index, "append", [(k, v) for k, v in after.items() if k not in before]
+    return index, "replace", after
+
+
 def _replay(tree, stripped: str, elements: list, plan: list) -> str:
-    for element, attributes in zip(elements, plan, strict=True):
-        if attributes is None:
+    for index, how, attributes in plan:
+        element = elements[index]
+        if how == "append":
+            for key, value in attributes:
+                element.set(key, value)
+        elif how == "remove":
             element.getparent().remove(element)
-        elif attributes != dict(element.attrib):
+        else:
             element.attrib.clear()
             element.attrib.update(attributes)
     root = tree if stripped.startswith(tree.docinfo.doctype) else tree.getroot()
@@ -152,13 +212,21 @@ class Renderer:
         if len(subject) > MAX_SUBJECT:
             raise RenderError(f"template {template}: subject is longer than {MAX_SUBJECT} characters")
         full = {**context, "section_only": False}
-        section = {**context, "section_only": True, "section_title": subject}
         return Rendered(
             subject=subject,
             html=self.inline(self._render(template, "body.html", full)),
             text=_tidy_text(self._render(template, "body.txt", full)),
-            section_html=self._render(template, "body.html", section),
-            section_text=_tidy_text(self._render(template, "body.txt", section)),
+        )
+
+    def render_section(self, template: str, context: dict, title: str) -> Section:
+        """The same update as one section of a digest, titled with its subject.
+
+        Rendered only when a digest is made: most updates travel alone.
+        """
+        section = {**context, "section_only": True, "section_title": title}
+        return Section(
+            html=self._render(template, "body.html", section),
+            text=_tidy_text(self._render(template, "body.txt", section)),
         )
 
     def _render(self, template: str, part: str, context: dict) -> str:

@@ -156,7 +156,9 @@ def _clip(text: str, width: int) -> str:
 
 def show_message(conn: Connection, message_id: int, tz) -> str:
     """One message whole: headers, the text part, and its attempt trail."""
-    row = conn.execute(select(messages).where(messages.c.id == message_id)).first()
+    from outreach.outbox import with_body  # only here: ``outreach log`` itself starts faster
+
+    row = conn.execute(with_body().where(messages.c.id == message_id)).first()
     if row is None:
         raise NotFound(f"no message with id {message_id}")
     ref = None

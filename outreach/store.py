@@ -8,23 +8,25 @@ The schema is created and upgraded only through alembic migrations.
 
 from __future__ import annotations
 
-import logging
 import os
+import re
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DataError, DBAPIError, InterfaceError, OperationalError, StatementError
 
 from outreach.errors import DatabaseError, SettingsError
 
+if TYPE_CHECKING:
+    from alembic.config import Config
+
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+# ``revision = "0005"`` and ``down_revision = "0004"`` in a migration file (either quotes).
+REVISION_LINE = re.compile(r"""^(revision|down_revision) = ["']([^"']+)["']$""", re.MULTILINE)
 SQLITE_BUSY_SECONDS = 30.0
 BUSY_KEY = "OUTREACH_DB_BUSY_SECONDS"
 
@@ -72,12 +74,22 @@ def _sqlite_engine(url, busy: float) -> Engine:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection):
-        if conn.get_execution_options().get("readonly"):
+        options = conn.get_execution_options()
+        if options.get("readonly"):
             conn.exec_driver_sql("BEGIN")
-        else:
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            return
+        _sqlite_sync(conn, "FULL" if options.get("durable", True) else "NORMAL")
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
+
+
+def _sqlite_sync(conn: Connection, level: str) -> None:
+    """Set how hard the next commit waits for the disk (only when it changes)."""
+    info = conn.connection.info
+    if info.get("synchronous") != level:
+        conn.exec_driver_sql(f"PRAGMA synchronous={level}")
+        info["synchronous"] = level
 
 
 def _create_private_file(path: Path) -> None:
@@ -94,11 +106,23 @@ def is_postgres(engine: Engine | Connection) -> bool:
 
 
 @contextmanager
-def write(engine: Engine) -> Iterator[Connection]:
-    """One write transaction (``BEGIN IMMEDIATE`` on SQLite), committed on success."""
+def write(engine: Engine, durable: bool = True) -> Iterator[Connection]:
+    """One write transaction (``BEGIN IMMEDIATE`` on SQLite), committed on success.
+
+    ``durable=False`` commits without waiting for the disk (SQLite WAL
+    ``synchronous=NORMAL``, PostgreSQL ``synchronous_commit=off``): the
+    transaction survives the process being killed, a power cut may undo it,
+    never half of it. For records that are cheap to lose and costly to wait
+    for, such as one delivery outcome per message sent.
+    """
     try:
-        with engine.begin() as conn:
-            yield conn
+        with engine.connect() as conn:
+            if not durable:
+                conn = conn.execution_options(durable=False)
+            with conn.begin():
+                if not durable and is_postgres(conn):
+                    conn.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
+                yield conn
     except StatementError as exc:
         error = _translate(engine, exc)
         if error is exc:
@@ -150,6 +174,8 @@ def _unavailable(engine: Engine, exc: StatementError) -> DatabaseError:
 
 
 def _alembic_config(conn: Connection) -> Config:
+    from alembic.config import Config  # here, not at the top: alembic takes a quarter second to import
+
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
     cfg.attributes["connection"] = conn
@@ -163,6 +189,9 @@ def migrate(engine: Engine, revision: str = "head") -> str:
     a table to change it, and dropping the old copy would trip them. They are
     checked once the migration is done.
     """
+    from alembic import command
+    from alembic.runtime.migration import MigrationContext
+
     try:
         with engine.connect() as conn:
             raw = conn.connection.driver_connection if engine.dialect.name == "sqlite" else None
@@ -183,23 +212,39 @@ def migrate(engine: Engine, revision: str = "head") -> str:
         raise _unavailable(engine, exc) from None
 
 
-@contextmanager
-def _quiet_alembic() -> Iterator[None]:
-    """Alembic announces its dialect at INFO; a version check should not print two lines each run."""
-    logger = logging.getLogger("alembic.runtime.migration")
-    level = logger.level
-    logger.setLevel(logging.WARNING)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
+def head_revision() -> str:
+    """The newest migration's revision, read from the migration files themselves.
+
+    Every command checks the database against it, and alembic takes longer to
+    import than ``outreach log`` may take in all; a test holds this equal to
+    alembic's own answer.
+    """
+    revisions, parents = set(), set()
+    for path in (MIGRATIONS / "versions").glob("*.py"):
+        found = dict(REVISION_LINE.findall(path.read_text(encoding="utf-8")))
+        revisions.add(found["revision"])
+        parents.add(found.get("down_revision"))
+    heads = revisions - parents
+    if len(heads) != 1:
+        raise RuntimeError(f"the migrations in {MIGRATIONS} have {len(heads)} heads, not one")
+    return heads.pop()
+
+
+def current_revision(conn: Connection) -> str | None:
+    """The revision alembic recorded in the database; None if it recorded none."""
+    if not inspect(conn).has_table("alembic_version"):
+        return None
+    found = conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all()
+    if len(found) > 1:
+        raise DatabaseError(f"database records {len(found)} schema revisions, not one: {', '.join(found)}")
+    return found[0] if found else None
 
 
 def require_current(engine: Engine) -> None:
     """Refuse to work on a database whose schema is missing or out of date."""
-    head = ScriptDirectory(str(MIGRATIONS)).get_current_head()
-    with read(engine) as conn, _quiet_alembic():
-        current = MigrationContext.configure(conn).get_current_revision()
+    head = head_revision()
+    with read(engine) as conn:
+        current = current_revision(conn)
     if current != head:
         where = engine.url.render_as_string(hide_password=True)
         state = "not initialised" if current is None else "out of date"

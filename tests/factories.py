@@ -5,16 +5,15 @@ from __future__ import annotations
 import uuid
 from itertools import count
 
-from outreach import store
+from outreach import outbox, store
 from outreach.models import PENDING, message_events, messages
-from outreach.outbox import insert_message
 from tests.conftest import NOW
 
 _serial = count(1)
 
 
-def queue_message(engine, **overrides) -> int:
-    """Insert one pending message straight into the outbox; returns its id."""
+def message_row(**overrides) -> dict:
+    """A pending message as the outbox stores it (log entry and body), ready to insert."""
     n = next(_serial)
     row = {
         "rule": "test_rule",
@@ -36,19 +35,21 @@ def queue_message(engine, **overrides) -> int:
         "updated_at": NOW,
     }
     row.update(overrides)
+    return row
+
+
+def queue_message(engine, **overrides) -> int:
+    """Insert one pending message straight into the outbox; returns its id."""
     with store.write(engine) as conn:
-        message_id = insert_message(conn, row)
-        conn.execute(
-            message_events.insert().values(message_id=message_id, at=NOW, action="queued", detail="")
-        )
+        message_id = outbox.insert_message(conn, message_row(**overrides))
+        outbox.trail(conn, message_id, NOW, "queued")
     return message_id
 
 
 def message(engine, message_id: int):
-    from sqlalchemy import select
 
     with store.read(engine) as conn:
-        return conn.execute(select(messages).where(messages.c.id == message_id)).one()
+        return conn.execute(outbox.with_body().where(messages.c.id == message_id)).one()
 
 
 def trail(engine, message_id: int) -> list[tuple[str, str]]:

@@ -19,44 +19,28 @@ from pathlib import Path
 from sqlalchemy import func, select
 
 from outreach import store
-from outreach.models import PENDING, message_events, messages
+from outreach.models import message_events, messages
+from outreach.outbox import insert_messages, trail_many
 from outreach.settings import Settings
 from tests.conftest import NOW, settings_env
+from tests.factories import message_row
 
 
 def queue_many(engine, count: int, **overrides) -> dict[str, str]:
     """Queue ``count`` pending messages in one transaction; returns Message-ID → recipient."""
     batch = uuid.uuid4().hex[:8]
-    rows = []
-    for n in range(count):
-        row = {
-            "rule": "test_rule",
-            "template": "progress_report",
-            "dedupe_key": f"bulk:{batch}:{n}",
-            "recipient": f"dr{n}.{batch}@clinic.example.org",
-            "recipient_name": f"Dr Bulk {n}, MD",
-            "subject": f"Progress report {n}",
-            "html": f"<html><body><p>Report {n}</p></body></html>",
-            "text": f"Report {n}\n",
-            "priority": 0,
-            "status": PENDING,
-            "attempts": 0,
-            "next_attempt_at": NOW,
-            "message_id": f"<{uuid.uuid4().hex}@rehab.example.org>",
-            "created_at": NOW,
-            "updated_at": NOW,
-        }
-        row.update(overrides)
-        rows.append(row)
-    with store.write(engine) as conn:
-        conn.execute(messages.insert(), rows)
-        ids = conn.execute(
-            select(messages.c.id).where(messages.c.dedupe_key.like(f"bulk:{batch}:%"))
-        ).scalars()
-        conn.execute(
-            message_events.insert(),
-            [{"message_id": i, "at": NOW, "action": "queued", "detail": ""} for i in ids],
+    rows = [
+        message_row(
+            dedupe_key=f"bulk:{batch}:{n}",
+            recipient=f"dr{n}.{batch}@clinic.example.org",
+            recipient_name=f"Dr Bulk {n}, MD",
+            **overrides,
         )
+        for n in range(count)
+    ]
+    with store.write(engine) as conn:
+        ids = insert_messages(conn, rows)
+        trail_many(conn, NOW, [(i, "queued", "") for i in ids])
     return {row["message_id"]: row["recipient"] for row in rows}
 
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import email
+import email.policy
 import threading
 from datetime import timedelta
 
-from outreach.backends.base import Backend
+from outreach.backends.base import Backend, no_wait
 from outreach.dispatcher import claim, send_due
 from outreach.models import PENDING, SENDING, SENT
 from tests.conftest import NOW
@@ -19,8 +21,9 @@ class Recorder(Backend):
         self.sent = []
         self.on_send = on_send
 
-    def send(self, msg, sender, recipient):
-        self.sent.append(msg)
+    def send(self, msg, sender, recipient, before_data=no_wait):
+        before_data()
+        self.sent.append(email.message_from_bytes(msg.data, policy=email.policy.default))
         if self.on_send:
             self.on_send(len(self.sent))
         return "250 recorded"

@@ -15,7 +15,7 @@ import pytest
 
 from outreach import store
 from outreach.backends import get_backend
-from outreach.backends.base import Backend
+from outreach.backends.base import Backend, no_wait
 from outreach.dispatcher import claim, release_expired, send_due, worker_name
 from outreach.errors import DatabaseError
 from outreach.models import FAILED, PENDING, SENDING, SENT
@@ -31,8 +31,9 @@ class Scripted(Backend):
         self.sent: list[str] = []
         self.during = during
 
-    def send(self, msg, sender, recipient):
-        self.sent.append(str(msg["Message-ID"]))
+    def send(self, msg, sender, recipient, before_data=no_wait):
+        before_data()
+        self.sent.append(msg.message_id)
         if self.during:
             self.during(len(self.sent))
         return "250 accepted"
@@ -117,11 +118,11 @@ def test_an_unexpected_backend_error_defers_that_message_and_the_batch_goes_on(e
     first, second = queue_message(engine), queue_message(engine)
 
     class Buggy(Scripted):
-        def send(self, msg, sender, recipient):
+        def send(self, msg, sender, recipient, before_data=no_wait):
             if not self.sent:
                 self.sent.append("boom")
                 raise RuntimeError("unexpected reply\nover two lines")
-            return super().send(msg, sender, recipient)
+            return super().send(msg, sender, recipient, before_data)
 
     report = send_due(engine, settings, Buggy(), lambda: NOW)
     assert report.deferred == [first] and report.sent == [second]

@@ -10,6 +10,7 @@ from sqlalchemy import func, select, update
 from outreach import store
 from outreach.importer import record_event
 from outreach.models import CANCELLED, FAILED, PENDING, SUPPRESSED, clients, messages, physicians
+from outreach.outbox import with_body
 from outreach.planner import find_due, plan
 from outreach.renderer import Renderer
 from outreach.rules import load_rules
@@ -25,7 +26,7 @@ def run_plan(engine, settings, now=NOW):
 
 def rows(engine, **where):
     with store.read(engine) as conn:
-        query = select(messages)
+        query = with_body()
         for key, value in where.items():
             query = query.where(messages.c[key] == value)
         return conn.execute(query.order_by(messages.c.id)).all()

@@ -5,6 +5,9 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
+from hypothesis import given
+from hypothesis import settings as settings_
+from hypothesis import strategies as st
 from sqlalchemy import select, update
 
 from outreach import store
@@ -178,3 +181,26 @@ def test_cached_inlining_is_identical_to_premailer_for_every_template_and_demo_c
                 compared += 1
     assert compared >= 80
     assert all(plan is not None for plan in renderer.inline._plans.values()), "every shape replays"
+
+
+WRAP_TEXT = st.text(alphabet=st.sampled_from(list("ab cd-\t\n\u00a0\u2003x%\x07é")), max_size=200)
+
+
+@settings_(max_examples=300, deadline=None)
+@given(
+    text=WRAP_TEXT,
+    width=st.integers(min_value=1, max_value=90),
+    break_on_hyphens=st.booleans(),
+    wrapstring=st.sampled_from([None, "\n", "\n  ", "\n" + " " * 20]),
+)
+def test_cached_wordwrap_gives_what_jinja_gives(text, width, break_on_hyphens, wrapstring):
+    """The plain-text part wraps through a cache; it must wrap exactly as Jinja's own filter."""
+    import jinja2
+    from jinja2.filters import do_wordwrap
+
+    from outreach.renderer import _wordwrap
+
+    env = jinja2.Environment()
+    for _ in range(2):  # computed, then from the cache
+        ours = _wordwrap(env, text, width, True, wrapstring, break_on_hyphens)
+        assert ours == do_wordwrap(env, text, width, True, wrapstring, break_on_hyphens)

@@ -10,6 +10,7 @@ from outreach import store
 from outreach.daemon import Service
 from outreach.importer import record_event
 from outreach.models import clients, messages
+from outreach.outbox import with_body
 from tests.conftest import NOW, smtp_settings
 
 CLIENT_RULES = (
@@ -88,7 +89,7 @@ def test_discharge_summary_lists_goals_met_and_not_met(demo_engine, settings, sm
     cfg = smtp_settings(settings, smtp_server)
     run_once(demo_engine, cfg)
     with store.read(demo_engine) as conn:
-        summary = conn.execute(select(messages).where(messages.c.rule == "discharge_summary")).one()
+        summary = conn.execute(with_body().where(messages.c.rule == "discharge_summary")).one()
     assert "Walk 30 minutes in the community" in summary.text
     assert "GOALS MET: 2 OF 2" in summary.text.upper()
     assert "LEFS" in summary.text and "6MWT" in summary.text
@@ -101,7 +102,7 @@ def test_quarterly_summary_is_aggregate_and_suppressed_below_three_clients(
     quarter = NOW.replace(year=2027, month=1, day=6)
     run_once(demo_engine, cfg, quarter)
     with store.read(demo_engine) as conn:
-        summaries = conn.execute(select(messages).where(messages.c.rule == "quarterly_summary")).all()
+        summaries = conn.execute(with_body().where(messages.c.rule == "quarterly_summary")).all()
     assert {s.status for s in summaries} <= {"sent", "suppressed"}
     sent = [s for s in summaries if s.status == "sent"]
     assert sent

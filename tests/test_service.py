@@ -19,11 +19,12 @@ import pytest
 from sqlalchemy import select
 
 from outreach import status, store
-from outreach.backends.base import Backend
+from outreach.backends.base import Backend, no_wait
 from outreach.daemon import Control, Loop, Service, run_forever
 from outreach.errors import BatchAbort
 from outreach.importer import import_file, record_event
 from outreach.models import FAILED, PENDING, SENDING, SENT, clients, messages, utcnow
+from outreach.outbox import with_body
 from tests.conftest import NOW, ROOT, smtp_settings
 from tests.factories import queue_message, trail
 from tests.service_helpers import Daemon, queue_many, service_env, sqlite_settings, status_counts, wait_until
@@ -137,7 +138,7 @@ def test_sighup_and_edited_files_reload_only_valid_rules_and_templates(tmp_path)
 
 def _message(engine, rule: str):
     with store.read(engine) as conn:
-        return conn.execute(select(messages).where(messages.c.rule == rule)).first()
+        return conn.execute(with_body().where(messages.c.rule == rule)).first()
 
 
 def test_a_job_that_raises_is_logged_and_runs_again_next_tick(engine, settings, caplog, monkeypatch):
@@ -258,7 +259,8 @@ class Flaky(Backend):
         if self.down:
             raise BatchAbort("cannot reach SMTP server test:25: Connection refused")
 
-    def send(self, msg, sender, recipient):
+    def send(self, msg, sender, recipient, before_data=no_wait):
+        before_data()
         return "250 OK"
 
 

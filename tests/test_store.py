@@ -6,6 +6,7 @@ import stat
 
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 
 from outreach import store
 from outreach.models import metadata
@@ -71,3 +72,19 @@ def test_upgrading_a_database_with_data_keeps_the_data(tmp_path):
         assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
     assert revision >= "0004"
     engine.dispose()
+
+
+def test_head_revision_read_from_the_files_is_alembics():
+    """``store.head_revision`` spares every command importing alembic; it must agree with it."""
+    assert store.head_revision() == ScriptDirectory(str(store.MIGRATIONS)).get_current_head()
+
+
+def test_commands_refuse_a_database_that_is_out_of_date(run_cli, settings):
+    engine = store.connect(settings.database_url)
+    store.migrate(engine, "0004")
+    engine.dispose()
+    result = run_cli("log")
+    assert result.exit_code == 1
+    assert result.stderr.endswith("is out of date: run `outreach init`\n")
+    assert run_cli("init").exit_code == 0
+    assert run_cli("log").exit_code == 0

@@ -6,8 +6,14 @@
 
 from __future__ import annotations
 
-from email.message import EmailMessage
+from collections.abc import Callable
 from types import TracebackType
+
+from outreach.compose import Email
+
+
+def no_wait() -> None:
+    """Nothing to wait for."""
 
 
 class Backend:
@@ -19,7 +25,13 @@ class Backend:
     def close(self) -> None:
         """Release what ``open`` took; never raises."""
 
-    def send(self, msg: EmailMessage, sender: str, recipient: str) -> str:
+    def send(self, msg: Email, sender: str, recipient: str, before_data: Callable[[], None] = no_wait) -> str:
+        """Hand ``msg.data`` (the whole email, CRLF) to ``recipient``; ``sender`` is the envelope sender.
+
+        ``before_data`` is called at the last moment before the email is
+        handed over (before SMTP DATA): the dispatcher waits there until the
+        previous outcome is on record. If it raises, nothing is handed over.
+        """
         raise NotImplementedError
 
     def __enter__(self) -> Backend:

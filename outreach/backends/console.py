@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import sys
-from email.message import EmailMessage
+from collections.abc import Callable
 
-from outreach.backends.base import Backend
-from outreach.compose import to_bytes
+from outreach.backends.base import Backend, no_wait
+from outreach.compose import Email
 
 
 class ConsoleBackend(Backend):
@@ -15,8 +15,9 @@ class ConsoleBackend(Backend):
     def __init__(self, stream=None):
         self.stream = stream or sys.stdout
 
-    def send(self, msg: EmailMessage, sender: str, recipient: str) -> str:
-        text = to_bytes(msg).decode("utf-8", "replace").replace("\r\n", "\n")
+    def send(self, msg: Email, sender: str, recipient: str, before_data: Callable[[], None] = no_wait) -> str:
+        text = msg.data.decode("utf-8", "replace").replace("\r\n", "\n")
+        before_data()
         self.stream.write(f"{text}\n{'-' * 72}\n")
         self.stream.flush()
         return "printed to console"

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import os
 import re
-from email.message import EmailMessage
+from collections.abc import Callable
 from pathlib import Path
 
-from outreach.backends.base import Backend
-from outreach.compose import to_bytes
+from outreach.backends.base import Backend, no_wait
+from outreach.compose import Email
 
 
 class FileBackend(Backend):
@@ -20,12 +20,13 @@ class FileBackend(Backend):
     def open(self) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
 
-    def send(self, msg: EmailMessage, sender: str, recipient: str) -> str:
-        stem = re.sub(r"[^A-Za-z0-9.@-]", "", str(msg["Message-ID"])) or "message"
+    def send(self, msg: Email, sender: str, recipient: str, before_data: Callable[[], None] = no_wait) -> str:
+        stem = re.sub(r"[^A-Za-z0-9.@-]", "", msg.message_id) or "message"
         path = self.folder / f"{stem}.eml"
         temporary = path.with_suffix(".tmp")
+        before_data()
         fd = os.open(temporary, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "wb") as handle:
-            handle.write(to_bytes(msg))
+            handle.write(msg.data)
         os.replace(temporary, path)  # all or nothing: no half-written emails
         return f"written to {path}"

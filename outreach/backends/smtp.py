@@ -12,10 +12,10 @@ import contextlib
 import ipaddress
 import smtplib
 import ssl
-from email.message import EmailMessage
+from collections.abc import Callable
 
-from outreach.backends.base import Backend
-from outreach.compose import to_bytes
+from outreach.backends.base import Backend, no_wait
+from outreach.compose import Email
 from outreach.errors import BatchAbort, PermanentError, SettingsError, TransientError
 from outreach.settings import Settings
 
@@ -126,7 +126,7 @@ class SMTPBackend(Backend):
             except (OSError, smtplib.SMTPException):
                 _quietly_close(conn)
 
-    def send(self, msg: EmailMessage, sender: str, recipient: str) -> str:
+    def send(self, msg: Email, sender: str, recipient: str, before_data: Callable[[], None] = no_wait) -> str:
         data = _ascii_email(msg, sender, recipient)
         if self._conn is None:  # the previous message lost the connection
             self._conn = self._connect()
@@ -138,6 +138,7 @@ class SMTPBackend(Backend):
             code, reply = conn.rcpt(recipient)
             if code not in (250, 251):
                 raise self._refused(code, reply, f"RCPT TO <{recipient}>")
+            before_data()
             code, reply = conn.data(data)
             if code != 250:
                 raise self._refused(code, reply, "DATA")
@@ -167,7 +168,7 @@ class SMTPBackend(Backend):
         _quietly_close(conn)
 
 
-def _ascii_email(msg: EmailMessage, sender: str, recipient: str) -> bytes:
+def _ascii_email(msg: Email, sender: str, recipient: str) -> bytes:
     """The bytes to send; an address SMTP cannot carry is this message's permanent failure.
 
     Checked before anything is said to the server, so the connection stays
@@ -178,10 +179,9 @@ def _ascii_email(msg: EmailMessage, sender: str, recipient: str) -> bytes:
             raise PermanentError(
                 f"{role} address {address!r} is not ASCII; SMTP cannot deliver it as written"
             )
-    try:
-        return to_bytes(msg)
-    except (ValueError, TypeError, UnicodeError) as exc:  # email.errors defects are ValueErrors
-        raise PermanentError(f"the email cannot be encoded: {exc}") from None
+    if not msg.data.isascii():  # a non-ASCII address in a header (Reply-To)
+        raise PermanentError("the email cannot be encoded: a header holds a non-ASCII address")
+    return msg.data
 
 
 def _quietly_close(conn: smtplib.SMTP | None) -> None:
