@@ -12,6 +12,7 @@ next pass, so a database outage does not turn accepted mail into resends.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -19,6 +20,7 @@ import re
 import secrets
 import socket
 import threading
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -171,7 +173,7 @@ def claim(engine: Engine, settings: Settings, limit: int, now: datetime, worker:
         )
 
 
-def _finish(engine: Engine, worker: str, outcome: _Outcome) -> bool:
+def _finish(engine: Engine, worker: str, outcome: _Outcome, on: Connection | None = None) -> bool:
     """Record one outcome, only if this worker still holds the lease.
 
     An acceptance is recorded even if the lease ran out meanwhile, as long as
@@ -183,7 +185,7 @@ def _finish(engine: Engine, worker: str, outcome: _Outcome) -> bool:
     if outcome.values.get("status") != PENDING:
         values["claimed_by"] = worker  # who sent (or failed) it stays on record
     statement = _finish_statement(outcome.action == "sent", tuple(sorted(values)))
-    with store.write(engine, durable=False) as conn:
+    with store.write(engine, durable=False, on=on) as conn:
         params = {f"new_{key}": value for key, value in values.items()}
         result = conn.execute(statement, {**params, "message": outcome.message_id, "worker": worker})
         if result.rowcount:
@@ -216,10 +218,10 @@ def _finish_statement(accepted: bool, columns: tuple[str, ...]):
     )
 
 
-def _record(engine: Engine, worker: str, outcome: _Outcome) -> bool:
+def _record(engine: Engine, worker: str, outcome: _Outcome, on: Connection | None = None) -> bool:
     """Write an outcome now, or keep it for the next pass if the database is away."""
     try:
-        return _finish(engine, worker, outcome)
+        return _finish(engine, worker, outcome, on)
     except DB_ERRORS:
         _backlog(engine, worker).outcomes.append(outcome)
         log.error(
@@ -291,19 +293,23 @@ def _renew(engine: Engine, settings: Settings, worker: str, ids: list[int], now:
 
 
 class Recorder:
-    """Writes each outcome on a second thread while the next email is built and offered.
+    """A second thread that records each outcome and builds the next email.
 
-    The next email is handed over (SMTP DATA) only once the previous outcome
-    is on record (``wait``, called by the backend just before), so no more
-    than one accepted message is ever unrecorded, as when outcomes were
-    written in line; the commit overlaps building the next email and the
-    MAIL/RCPT exchange instead of adding to them. A database error raised
-    while recording comes out of the next ``wait``.
+    The sending thread spends most of its time waiting for the SMTP server;
+    this thread works meanwhile. The next email is handed over (SMTP DATA)
+    only once the previous outcome is on record (``wait``, which the backend
+    calls just before), so no more than one accepted message is ever
+    unrecorded, as when outcomes were written in line. A database error
+    raised while recording comes out of the next ``wait``.
     """
 
     def __init__(self, engine: Engine, worker: str):
         self._engine, self._worker = engine, worker
-        self._next: tuple[_Outcome, Callable[[bool], None]] | None = None
+        self._conn: Connection | None = None
+        self._jobs: deque[tuple] = deque()
+        self._unrecorded = 0
+        self._building: set[int] = set()
+        self._built: dict[int, object] = {}
         self._error: BaseException | None = None
         self._closed = False
         self._changed = threading.Condition()
@@ -314,13 +320,33 @@ class Recorder:
         """Record ``outcome``, then call ``done(recorded)``; returns at once."""
         self.wait()
         with self._changed:
-            self._next = (outcome, done)
+            self._unrecorded += 1
+            self._jobs.append((outcome, done))
             self._changed.notify_all()
 
-    def wait(self) -> None:
-        """Until the last outcome submitted is on record; raises what recording it raised."""
+    def build_ahead(self, row, build: Callable[[], object]) -> None:
+        """Build ``row``'s email while the current one is being sent."""
         with self._changed:
-            while self._next is not None:
+            self._building.add(row.id)
+            self._jobs.append((row.id, build))
+            self._changed.notify_all()
+
+    def email_for(self, row, build: Callable[[], object]):
+        """The email built ahead for ``row`` (or built now); raises what building raised."""
+        with self._changed:
+            while row.id in self._building:
+                self._changed.wait()
+            built = self._built.pop(row.id, None)
+        if built is None:
+            return build()
+        if isinstance(built, Exception):
+            raise built
+        return built
+
+    def wait(self) -> None:
+        """Until every outcome submitted is on record; raises what recording one raised."""
+        with self._changed:
+            while self._unrecorded:
                 self._changed.wait()
             error, self._error = self._error, None
         if error is not None:
@@ -341,22 +367,54 @@ class Recorder:
                 self._changed.notify_all()
             self._thread.join()
 
+    def _disconnect(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.close()
+
     def _run(self) -> None:
+        try:
+            self._work()
+        finally:
+            self._disconnect()
+
+    def _work(self) -> None:
         while True:
             with self._changed:
-                while self._next is None and not self._closed:
+                while not self._jobs and not self._closed:
                     self._changed.wait()
-                if self._next is None:
+                if not self._jobs:
                     return
-                outcome, done = self._next
-            error = None
-            try:
-                done(_record(self._engine, self._worker, outcome))
-            except BaseException as exc:  # handed to the sending thread at its next wait
-                error = exc
-            with self._changed:
-                self._next, self._error = None, error
-                self._changed.notify_all()
+                job = self._jobs.popleft()
+            if isinstance(job[0], _Outcome):
+                self._record(*job)
+            else:
+                self._build(*job)
+
+    def _record(self, outcome: _Outcome, done: Callable[[bool], None]) -> None:
+        error = None
+        try:
+            if self._conn is None:
+                self._conn = self._engine.connect()  # one for the batch: outcomes come fast
+            done(_record(self._engine, self._worker, outcome, self._conn))
+        except BaseException as exc:  # handed to the sending thread at its next wait
+            error = exc
+            self._disconnect()
+        with self._changed:
+            self._unrecorded -= 1
+            self._error = self._error or error
+            self._changed.notify_all()
+
+    def _build(self, row_id: int, build: Callable[[], object]) -> None:
+        try:
+            built = build()
+        except Exception as exc:  # reported when the email is asked for
+            built = exc
+        with self._changed:
+            self._built[row_id] = built
+            self._building.discard(row_id)
+            self._changed.notify_all()
 
 
 class _InLine:
@@ -367,6 +425,9 @@ class _InLine:
 
     def submit(self, outcome: _Outcome, done: Callable[[bool], None]) -> None:
         done(_record(self._engine, self._worker, outcome))
+
+    def email_for(self, row, build: Callable[[], object]):
+        return build()
 
     def wait(self) -> None:
         pass
@@ -386,7 +447,7 @@ def deliver(
     record = recorder or _InLine(engine, worker)
     attempts = row.attempts + 1
     try:
-        msg = build_email(row, settings, clock())
+        msg = record.email_for(row, lambda: build_email(row, settings, clock()))
     except Exception as exc:  # a stored row no email can be made of: it will never go
         _failed(record, row, clock(), attempts, f"cannot build the email: {_describe(exc)}", "", report)
         return
@@ -525,6 +586,9 @@ def _offer_batch(engine, settings, backend, batch, worker, clock, stop, report, 
             if row.id not in held:
                 log.warning("message %s: lease lost before sending; left to its new sender", row.id)
                 continue
+            if index + 1 < len(batch):
+                upcoming = batch[index + 1]
+                recorder.build_ahead(upcoming, lambda r=upcoming: build_email(r, settings, clock()))
             deliver(engine, settings, backend, row, worker, clock, report, recorder)
     except BatchAbort as exc:
         recorder.wait()

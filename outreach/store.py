@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -106,17 +106,19 @@ def is_postgres(engine: Engine | Connection) -> bool:
 
 
 @contextmanager
-def write(engine: Engine, durable: bool = True) -> Iterator[Connection]:
+def write(engine: Engine, durable: bool = True, on: Connection | None = None) -> Iterator[Connection]:
     """One write transaction (``BEGIN IMMEDIATE`` on SQLite), committed on success.
 
     ``durable=False`` commits without waiting for the disk (SQLite WAL
     ``synchronous=NORMAL``, PostgreSQL ``synchronous_commit=off``): the
     transaction survives the process being killed, a power cut may undo it,
     never half of it. For records that are cheap to lose and costly to wait
-    for, such as one delivery outcome per message sent.
+    for, such as one delivery outcome per message sent. ``on``: a connection
+    the caller keeps open for many such transactions.
     """
     try:
-        with engine.connect() as conn:
+        with ExitStack() as stack:
+            conn = on if on is not None else stack.enter_context(engine.connect())
             if not durable:
                 conn = conn.execution_options(durable=False)
             with conn.begin():

@@ -426,6 +426,21 @@ def test_smtp_refuses_a_non_ascii_address_before_talking_to_the_server(cfg, smtp
     assert smtp_server.received == []
 
 
+@pytest.mark.parametrize(
+    "recipient",
+    ["dr smith@clinic.example.org", "<dr@clinic.example.org>", "dr@clinic.example.org>x", "nobody"],
+)
+def test_smtp_refuses_an_address_that_cannot_go_in_the_envelope(cfg, smtp_server, recipient):
+    """MAIL FROM and RCPT TO are written as given: an address that would break them never goes out."""
+    built = build_email(make_row(), cfg, SENT_AT)
+    backend = SMTPBackend(smtp_settings(cfg, smtp_server))
+    with backend, pytest.raises(PermanentError, match="SMTP envelope"):
+        backend.send(built, cfg.from_addr, recipient)
+    with backend:  # the connection is still good for the next message
+        assert backend.send(built, cfg.from_addr, "doc@clinic.example.org").startswith("250")
+    assert [r.rcpt_tos for r in smtp_server.received] == [["doc@clinic.example.org"]]
+
+
 def test_the_file_backend_names_the_eml_after_the_message_id(cfg):
     built = build_email(make_row(), cfg, SENT_AT)
     with FileBackend(cfg.outbox_dir) as backend:

@@ -84,3 +84,27 @@ def test_two_workers_never_claim_the_same_message(engine, settings):
     second = {row.id for row in claim(engine, settings, 4, NOW, "b")}
     assert first and second and not first & second
     assert first | second == ids
+
+
+def test_each_email_is_handed_over_only_once_the_one_before_is_on_record(engine, settings):
+    """Outcomes are written beside the sending, yet no more than one accepted message is unrecorded.
+
+    That is what keeps a crash to at most one double per kill.
+    """
+    ids = [queue_message(engine) for _ in range(12)]
+    by_message_id = {message(engine, i).message_id: i for i in ids}
+    accepted: list[int] = []
+    unrecorded_at_handover: list[int] = []
+
+    class Checking(Backend):
+        def send(self, msg, sender, recipient, before_data=no_wait):
+            before_data()
+            unrecorded = [i for i in accepted if message(engine, i).status != SENT]
+            unrecorded_at_handover.append(len(unrecorded))
+            accepted.append(by_message_id[msg.message_id])
+            return "250 accepted"
+
+    report = send_due(engine, settings, Checking(), lambda: NOW)
+    assert sorted(report.sent) == ids
+    assert unrecorded_at_handover == [0] * len(ids)
+    assert {message(engine, i).status for i in ids} == {SENT}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import re
 import smtplib
 import ssl
 from collections.abc import Callable
@@ -132,10 +133,12 @@ class SMTPBackend(Backend):
             self._conn = self._connect()
         conn = self._conn
         try:
-            code, reply = conn.mail(sender)
+            # The addresses are checked already (``_ascii_email``): no need for smtplib
+            # to parse them again for every message.
+            code, reply = conn.docmd("mail", f"FROM:<{sender}>")
             if code != 250:
                 raise self._refused(code, reply, "MAIL FROM")
-            code, reply = conn.rcpt(recipient)
+            code, reply = conn.docmd("rcpt", f"TO:<{recipient}>")
             if code not in (250, 251):
                 raise self._refused(code, reply, f"RCPT TO <{recipient}>")
             before_data()
@@ -168,6 +171,9 @@ class SMTPBackend(Backend):
         _quietly_close(conn)
 
 
+_ENVELOPE = re.compile(r"[!-;=?-~]+@[!-;=?-~]+")  # printable ASCII, no spaces, no < or >
+
+
 def _ascii_email(msg: Email, sender: str, recipient: str) -> bytes:
     """The bytes to send; an address SMTP cannot carry is this message's permanent failure.
 
@@ -179,6 +185,8 @@ def _ascii_email(msg: Email, sender: str, recipient: str) -> bytes:
             raise PermanentError(
                 f"{role} address {address!r} is not ASCII; SMTP cannot deliver it as written"
             )
+        if not _ENVELOPE.fullmatch(address):
+            raise PermanentError(f"{role} address {address!r} cannot be written in an SMTP envelope")
     if not msg.data.isascii():  # a non-ASCII address in a header (Reply-To)
         raise PermanentError("the email cannot be encoded: a header holds a non-ASCII address")
     return msg.data
