@@ -136,6 +136,7 @@ clients = Table(
     Column("next_reassessment", Date, nullable=True),
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
+    Index("ix_clients_status", "status"),
 )
 
 events = Table(
@@ -170,7 +171,7 @@ messages = Table(
     Column("rule", String(100), nullable=False),
     Column("template", String(100), nullable=False),
     Column("dedupe_key", String(255), nullable=False, unique=True),
-    Column("client_id", Integer, ForeignKey("clients.id"), nullable=True, index=True),
+    Column("client_id", Integer, ForeignKey("clients.id"), nullable=True),
     Column("physician_id", Integer, ForeignKey("physicians.id"), nullable=True),
     Column("recipient", String(254), nullable=False),
     Column("recipient_name", String(300), nullable=False, default=""),
@@ -191,6 +192,9 @@ messages = Table(
     Column("updated_at", UTCDateTime, nullable=False),
     Column("sent_at", UTCDateTime, nullable=True),
     Index("ix_messages_queue", "status", "next_attempt_at"),
+    # A client's messages; with template, status and date the planner's "sent
+    # recently?" check is answered from the index alone.
+    Index("ix_messages_client_template", "client_id", "template", "status", "created_at"),
     Index("ix_messages_physician_created", "physician_id", "created_at"),
     Index("ix_messages_created", "created_at"),
     # ``outreach log --status X`` (newest first) and the planner's recent messages by status.

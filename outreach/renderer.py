@@ -129,33 +129,40 @@ class ShapeCachedInliner:
     Reports from one template differ mostly in text (and in a few rows), so
     each distinct shape is inlined by premailer once; later documents of the
     same shape get the same attributes set and are serialised the same way.
-    The first result of each shape is checked against premailer's own output,
-    and a shape that does not replay exactly is always left to premailer.
+    The shape is the document's tags as written (elements and attributes),
+    with the element count of its parse as a check. The first result of
+    each shape is checked against premailer's own output, and a shape that
+    does not replay exactly is always left to premailer.
     """
 
     MAX_SHAPES = 512
 
     def __init__(self) -> None:
-        self._plans: dict[tuple, list | None] = {}
+        self._plans: dict[tuple, tuple[int, list | None]] = {}
 
     def __call__(self, html: str) -> str:
         stripped = html.strip()
-        tree = etree.fromstring(stripped, etree.HTMLParser()).getroottree()
-        elements = list(tree.getroot().iter())
-        shape = tuple((str(el.tag), tuple(el.attrib.items())) for el in elements)
-        if shape in self._plans:
-            plan = self._plans[shape]
-            return inline_css(html) if plan is None else _replay(tree, stripped, elements, plan)
+        shape = tuple(_TAG.findall(stripped))  # every tag as written, in order
+        learned = self._plans.get(shape)
+        if learned is not None:
+            count, plan = learned
+            tree = etree.fromstring(stripped, etree.HTMLParser()).getroottree()
+            elements = list(tree.getroot().iter())
+            if plan is not None and len(elements) == count:
+                return _replay(tree, stripped, elements, plan)
+            return inline_css(html)
         reference = inline_css(html)
-        plan = _learn(stripped, reference)
         if len(self._plans) >= self.MAX_SHAPES:
             self._plans.pop(next(iter(self._plans)))
-        self._plans[shape] = plan
+        self._plans[shape] = _learn(stripped, reference)
         return reference
 
 
-def _learn(stripped: str, reference: str) -> list | None:
-    """What premailer changed: (element index, its attributes after, or None if removed)."""
+_TAG = re.compile(r"<[^>]*>")
+
+
+def _learn(stripped: str, reference: str) -> tuple[int, list | None]:
+    """How many elements the shape has, and what premailer changed in them (None: not replayable)."""
     tree = etree.fromstring(stripped, etree.HTMLParser()).getroottree()
     elements = list(tree.getroot().iter())
     before = [dict(el.attrib) for el in elements]
@@ -163,13 +170,13 @@ def _learn(stripped: str, reference: str) -> list | None:
     root = tree.getroot()
     after = [None if (el is not root and el.getparent() is None) else dict(el.attrib) for el in elements]
     if sum(1 for _ in root.iter()) != sum(1 for a in after if a is not None):
-        return None  # premailer added elements (e.g. a <head>): not replayable
+        return len(elements), None  # premailer added elements (e.g. a <head>): not replayable
     if any(str(el.tag) == "style" for el in root.iter()):
-        return None  # leftover CSS kept in a <style>: not replayable
+        return len(elements), None  # leftover CSS kept in a <style>: not replayable
     plan = [_change(i, b, a) for i, (b, a) in enumerate(zip(before, after, strict=True)) if a != b]
     fresh = etree.fromstring(stripped, etree.HTMLParser()).getroottree()
     replayed = _replay(fresh, stripped, list(fresh.getroot().iter()), plan)
-    return plan if replayed == reference else None
+    return len(elements), (plan if replayed == reference else None)
 
 
 def _change(index: int, before: dict, after: dict | None) -> tuple:

@@ -180,7 +180,7 @@ def test_cached_inlining_is_identical_to_premailer_for_every_template_and_demo_c
                     assert renderer.inline(raw) == inline_css(raw), (rule.name, client_id)
                 compared += 1
     assert compared >= 80
-    assert all(plan is not None for plan in renderer.inline._plans.values()), "every shape replays"
+    assert all(plan is not None for _, plan in renderer.inline._plans.values()), "every shape replays"
 
 
 WRAP_TEXT = st.text(alphabet=st.sampled_from(list("ab cd-\t\n\u00a0\u2003x%\x07é")), max_size=200)
