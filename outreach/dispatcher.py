@@ -218,10 +218,16 @@ def _finish_statement(accepted: bool, columns: tuple[str, ...]):
     )
 
 
-def _record(engine: Engine, worker: str, outcome: _Outcome, on: Connection | None = None) -> bool:
-    """Write an outcome now, or keep it for the next pass if the database is away."""
+def _record(
+    engine: Engine, worker: str, outcome: _Outcome, on: Callable[[], Connection] | None = None
+) -> bool:
+    """Write an outcome now, or keep it for the next pass if the database is away.
+
+    ``on`` gives the connection to write on; reaching the database is part of
+    writing, so an outcome that cannot even connect is kept as well.
+    """
     try:
-        return _finish(engine, worker, outcome, on)
+        return _finish(engine, worker, outcome, on() if on else None)
     except DB_ERRORS:
         _backlog(engine, worker).outcomes.append(outcome)
         log.error(
@@ -367,6 +373,12 @@ class Recorder:
                 self._changed.notify_all()
             self._thread.join()
 
+    def _connection(self) -> Connection:
+        """One connection for the batch: outcomes come fast."""
+        if self._conn is None:
+            self._conn = store.connection(self._engine)
+        return self._conn
+
     def _disconnect(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None:
@@ -395,9 +407,7 @@ class Recorder:
     def _record(self, outcome: _Outcome, done: Callable[[bool], None]) -> None:
         error = None
         try:
-            if self._conn is None:
-                self._conn = self._engine.connect()  # one for the batch: outcomes come fast
-            done(_record(self._engine, self._worker, outcome, self._conn))
+            done(_record(self._engine, self._worker, outcome, self._connection))
         except BaseException as exc:  # handed to the sending thread at its next wait
             error = exc
             self._disconnect()

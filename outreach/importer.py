@@ -30,7 +30,7 @@ from outreach.models import (
     measurements,
     physicians,
 )
-from outreach.settings import EMAIL_RE, Settings
+from outreach.settings import Settings, address_problem
 from outreach.windows import parse_window
 
 KINDS = IMPORT_KINDS
@@ -114,8 +114,9 @@ def single_line(value: str, column: str) -> str:
 
 def parse_email(value: str, column: str = "email") -> str:
     value = value.strip()
-    if not EMAIL_RE.match(value):
-        raise RowError(f"{column}: {value!r} is not an email address")
+    problem = address_problem(value)
+    if problem:
+        raise RowError(f"{column}: {problem}")
     return value.lower()
 
 

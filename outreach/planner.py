@@ -408,7 +408,9 @@ def _queue(
             _message_row(conn, settings, renderer, draft, now, histories.get(draft.client_id))
             for draft in drafts
         ]
-    with store.write(engine) as conn:
+    # Without waiting for the disk: a chunk a power cut undoes is planned
+    # again from the events and records it came from, which are durable.
+    with store.write(engine, durable=False) as conn:
         ids = insert_messages(conn, [row for row, _ in rows])
         stored = [
             (message_id, draft, row["status"], detail)

@@ -101,6 +101,7 @@ def make_environment(templates_dir: Path) -> jinja2.Environment:
         trim_blocks=True,
         lstrip_blocks=True,
         keep_trailing_newline=True,
+        auto_reload=False,  # templates change through a validated reload, not behind our back
     )
     env.filters.update(score=format_score, change=format_change, date=_date, pad=_pad, wordwrap=_wordwrap)
     return env

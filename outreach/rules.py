@@ -137,7 +137,10 @@ class _RuleBuilder:
         self.problems: list[str] = []
 
     def problem(self, key: str, message: str) -> None:
-        self.problems.append(f"{self.path}: {self.name}/{key}: {message}")
+        # A quoted TOML name may hold a line break or a tab: shown escaped, a
+        # problem stays on one line.
+        name = self.name if self.name.isprintable() else repr(self.name)
+        self.problems.append(f"{self.path}: {name}/{key}: {message}")
 
     def build(self, body: object) -> Rule | None:
         if not re.fullmatch(r"[a-z0-9_]+", self.name):

@@ -25,6 +25,20 @@ SECURITY_MODES = ("starttls", "ssl", "none")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 EMAIL_RE = re.compile(r"^[^@\s<>,;:\"()\[\]]+@[^@\s<>,;:\"()\[\]]+\.[^@\s<>,;:\"()\[\]]+$")
 
+
+def address_problem(value: str) -> str | None:
+    """Why ``value`` cannot be used as an email address, or None.
+
+    Non-ASCII addresses are refused here, where a person can fix them, not
+    at sending time: SMTP as we speak it cannot carry them.
+    """
+    if not EMAIL_RE.match(value):
+        return f"{value!r} is not an email address"
+    if not value.isascii():
+        return f"{value!r} is not a plain ASCII address; SMTP cannot deliver it as written"
+    return None
+
+
 # The checkout this package lives in: campaigns/ and templates/ sit beside it.
 SOURCE_ROOT = Path(__file__).resolve().parent.parent
 
@@ -229,8 +243,9 @@ class _Reader:
         value = self.raw(key)
         if value is None:
             return default
-        if not EMAIL_RE.match(value):
-            raise self.fail(key, f"{value!r} is not an email address")
+        problem = address_problem(value)
+        if problem:
+            raise self.fail(key, problem)
         return value
 
     def timezone(self, key: str, default: str) -> str:

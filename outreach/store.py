@@ -132,6 +132,17 @@ def write(engine: Engine, durable: bool = True, on: Connection | None = None) ->
         raise error from None
 
 
+def connection(engine: Engine) -> Connection:
+    """An open connection for many transactions (``write(..., on=)``); errors as ``write`` gives them."""
+    try:
+        return engine.connect()
+    except StatementError as exc:
+        error = _translate(engine, exc)
+        if error is exc:
+            raise
+        raise error from None
+
+
 @contextmanager
 def read(engine: Engine) -> Iterator[Connection]:
     """A read-only transaction: does not block writers."""

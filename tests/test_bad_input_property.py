@@ -273,11 +273,6 @@ def test_a_random_rule_file_gives_problems_never_a_crash(tmp_path_factory, text)
         assert all(rule.template for rule in rules)
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="rules.py puts a rule's name into its problems as written: a quoted TOML name with a line "
-    "break splits the problem over two lines (use the name's repr when it is not a plain identifier)",
-)
 @pytest.mark.parametrize("name", ["\\n", "a\\u2028b", "tab\\there"])
 def test_a_rule_name_with_a_line_break_is_still_one_problem_per_line(tmp_path, name):
     (tmp_path / "names.toml").write_text(f'[rules."{name}"]\nwhen = {{ event = "x" }}\n', encoding="utf-8")

@@ -202,6 +202,12 @@ BAD_ROWS = {
         3,
         "email: 'not-an-email' is not an email address",
     ),
+    "non-ASCII email": (
+        "physicians",
+        "email,name\nnew@clinic.example.org,New Doctor\ndr.müller@klinik.example.de,Dr Müller\n",
+        3,
+        "email: 'dr.müller@klinik.example.de' is not a plain ASCII address",
+    ),
     "bad date": (
         "clients",
         "ref,first_name,last_name,physician_email,referral_date\n"

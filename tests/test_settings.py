@@ -27,6 +27,7 @@ BAD_VALUES = [
     ("OUTREACH_TIMEZONE", "/etc/passwd", "is not an IANA time zone"),
     ("OUTREACH_FROM", "updates-at-practice", "is not an email address"),
     ("OUTREACH_FROM", "a@b", "is not an email address"),
+    ("OUTREACH_FROM", "büro@rehab.example.org", "is not a plain ASCII address"),
     ("OUTREACH_SMTP_SECURITY", "tls", "is not one of starttls, ssl, none"),
     ("OUTREACH_SMTP_ALLOW_INSECURE", "maybe", "is not true or false"),
     ("OUTREACH_CAMPAIGNS_DIR", "/no/such/folder/campaigns", "does not exist"),
