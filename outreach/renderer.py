@@ -139,7 +139,7 @@ class ShapeCachedInliner:
     MAX_SHAPES = 512
 
     def __init__(self) -> None:
-        self._plans: dict[tuple, tuple[int, list | None]] = {}
+        self._plans: dict[tuple, tuple[int, tuple | None]] = {}
 
     def __call__(self, html: str) -> str:
         stripped = html.strip()
@@ -150,7 +150,9 @@ class ShapeCachedInliner:
             tree = etree.fromstring(stripped, etree.HTMLParser()).getroottree()
             elements = list(tree.getroot().iter())
             if plan is not None and len(elements) == count:
-                return _replay(tree, stripped, elements, plan)
+                replayed = _replay(tree, stripped, elements, plan)
+                if replayed is not None:
+                    return replayed
             return inline_css(html)
         reference = inline_css(html)
         if len(self._plans) >= self.MAX_SHAPES:
@@ -162,46 +164,55 @@ class ShapeCachedInliner:
 _TAG = re.compile(r"<[^>]*>")
 
 
-def _learn(stripped: str, reference: str) -> tuple[int, list | None]:
-    """How many elements the shape has, and what premailer changed in them (None: not replayable)."""
+def _learn(stripped: str, reference: str) -> tuple[int, tuple | None]:
+    """How many elements the shape has, and how to turn it into premailer's output (None: can't).
+
+    Premailer removes the ``<style>`` element and adds ``style`` (and a few
+    other) attributes; the text is untouched. So the plan is: the elements to
+    remove, then, in the serialised document, the start tags to swap for
+    premailer's. Kept only if it reproduces premailer's output exactly.
+    """
     tree = etree.fromstring(stripped, etree.HTMLParser()).getroottree()
     elements = list(tree.getroot().iter())
-    before = [dict(el.attrib) for el in elements]
     _premailer(tree.getroot()).transform()
     root = tree.getroot()
-    after = [None if (el is not root and el.getparent() is None) else dict(el.attrib) for el in elements]
-    if sum(1 for _ in root.iter()) != sum(1 for a in after if a is not None):
+    removed = [i for i, el in enumerate(elements) if el is not root and el.getparent() is None]
+    if sum(1 for _ in root.iter()) != len(elements) - len(removed):
         return len(elements), None  # premailer added elements (e.g. a <head>): not replayable
     if any(str(el.tag) == "style" for el in root.iter()):
         return len(elements), None  # leftover CSS kept in a <style>: not replayable
-    plan = [_change(i, b, a) for i, (b, a) in enumerate(zip(before, after, strict=True)) if a != b]
+    fresh = etree.fromstring(stripped, etree.HTMLParser()).getroottree()
+    plain = _START_TAG.split(_serialise(fresh, stripped, list(fresh.getroot().iter()), removed))
+    inlined = _START_TAG.split(reference)
+    if len(plain) != len(inlined) or plain[::2] != inlined[::2]:
+        return len(elements), None  # not only start tags differ
+    swaps = [(k, inlined[k]) for k in range(1, len(plain), 2) if plain[k] != inlined[k]]
+    plan = (removed, len(plain), swaps)
     fresh = etree.fromstring(stripped, etree.HTMLParser()).getroottree()
     replayed = _replay(fresh, stripped, list(fresh.getroot().iter()), plan)
     return len(elements), (plan if replayed == reference else None)
 
 
-def _change(index: int, before: dict, after: dict | None) -> tuple:
-    """One element's change: removed, attributes appended (the usual case), or all replaced."""
-    if after is None:
-        return index, "remove", None
-    if list(after)[: len(before)] == list(before) and all(after[k] == v for k, v in before.items()):
-        return index, "append", [(k, v) for k, v in after.items() if k not in before]
-    return index, "replace", after
+_START_TAG = re.compile(r"(<[A-Za-z][^>]*>)")  # an element's start tag, as lxml writes it
 
 
-def _replay(tree, stripped: str, elements: list, plan: list) -> str:
-    for index, how, attributes in plan:
+def _serialise(tree, stripped: str, elements: list, removed: list[int]) -> str:
+    for index in removed:
         element = elements[index]
-        if how == "append":
-            for key, value in attributes:
-                element.set(key, value)
-        elif how == "remove":
-            element.getparent().remove(element)
-        else:
-            element.attrib.clear()
-            element.attrib.update(attributes)
+        element.getparent().remove(element)
     root = tree if stripped.startswith(tree.docinfo.doctype) else tree.getroot()
-    return etree.tostring(root, method="html", pretty_print=True, encoding="utf-8").decode("utf-8")
+    return etree.tostring(root, method="html", pretty_print=True, encoding="unicode")
+
+
+def _replay(tree, stripped: str, elements: list, plan: tuple) -> str | None:
+    """premailer's output for this document, or None if it does not fit the plan after all."""
+    removed, length, swaps = plan
+    parts = _START_TAG.split(_serialise(tree, stripped, elements, removed))
+    if len(parts) != length:
+        return None
+    for index, tag in swaps:
+        parts[index] = tag
+    return "".join(parts)
 
 
 class Renderer:
