@@ -116,41 +116,36 @@ def write(engine: Engine, durable: bool = True, on: Connection | None = None) ->
     for, such as one delivery outcome per message sent. ``on``: a connection
     the caller keeps open for many such transactions.
     """
-    try:
-        with ExitStack() as stack:
-            conn = on if on is not None else stack.enter_context(engine.connect())
-            if not durable:
-                conn = conn.execution_options(durable=False)
-            with conn.begin():
-                if not durable and is_postgres(conn):
-                    conn.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
-                yield conn
-    except StatementError as exc:
-        error = _translate(engine, exc)
-        if error is exc:
-            raise
-        raise error from None
+    with _translated(engine), ExitStack() as stack:
+        conn = on if on is not None else stack.enter_context(engine.connect())
+        if not durable:
+            conn = conn.execution_options(durable=False)
+        with conn.begin():
+            if not durable and is_postgres(conn):
+                conn.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
+            yield conn
 
 
 def connection(engine: Engine) -> Connection:
     """An open connection for many transactions (``write(..., on=)``); errors as ``write`` gives them."""
-    try:
+    with _translated(engine):
         return engine.connect()
-    except StatementError as exc:
-        error = _translate(engine, exc)
-        if error is exc:
-            raise
-        raise error from None
 
 
 @contextmanager
 def read(engine: Engine) -> Iterator[Connection]:
     """A read-only transaction: does not block writers."""
+    with _translated(engine), engine.connect() as conn:
+        conn = conn.execution_options(readonly=True)
+        with conn.begin():
+            yield conn
+
+
+@contextmanager
+def _translated(engine: Engine) -> Iterator[None]:
+    """Database errors as one line a user can act on (see ``_translate``)."""
     try:
-        with engine.connect() as conn:
-            conn = conn.execution_options(readonly=True)
-            with conn.begin():
-                yield conn
+        yield
     except StatementError as exc:
         error = _translate(engine, exc)
         if error is exc:
