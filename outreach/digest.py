@@ -233,6 +233,7 @@ def _sections(engine, settings, renderer, rules, ids: list[int], now: datetime) 
                     "ref": m.ref,
                     "html": Markup(section.html),  # rendered with autoescape on
                     "text": section.text,
+                    "status": context["status"],  # the bottom line, shown in the list at the top
                     "attention": "needs your attention" in section.text.lower(),
                 }
             )

@@ -60,6 +60,8 @@ def test_four_due_updates_arrive_as_one_digest_containing_all_four(clinic):
     for ref in ("K-1", "K-2", "K-3", "K-4"):
         assert f"INITIAL ASSESSMENT REPORT: F.L. (REF {ref})" in text
         assert f"(ref {ref})" in html
+    listed = [line for line in text.splitlines() if line[:3] in ("1. ", "2. ", "3. ", "4. ")][:4]
+    assert len(listed) == 4 and all(line.endswith(": BASELINE ESTABLISHED") for line in listed), listed
     assert text.count("Dear Dr. Osei") == 1  # one greeting, four self-contained sections
     assert text.count("Kind regards") == 1
 
