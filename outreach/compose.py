@@ -173,9 +173,18 @@ def _fold(name: str, tokens: list[str]) -> str:
     return "\r\n".join(lines)
 
 
+def is_address(address: str) -> bool:
+    """An address that can be written as it is, in a header or an SMTP envelope.
+
+    No whitespace, control characters or brackets: it can never end the
+    header or command it is in, or start another.
+    """
+    return len(address) <= 254 and _ADDRESS.fullmatch(address) is not None
+
+
 def _address(address: str) -> str:
     """The address itself, checked so it can never end the header or start another."""
-    if not _ADDRESS.fullmatch(address) or len(address) > 254:
+    if not is_address(address):
         raise ValueError(f"{address!r} cannot be written as an email address")
     return address
 

@@ -14,6 +14,7 @@ from datetime import UTC, date, datetime, timedelta
 
 from sqlalchemy import Connection, Row, select
 
+from outreach import store
 from outreach.instruments import INSTRUMENTS, Outcome, format_change, format_score
 from outreach.models import clients, events, measurements, physicians
 from outreach.rules import Rule
@@ -147,7 +148,7 @@ def outcomes_from(rows: list, until: date | None = None) -> list[Outcome]:
 def _measurements(conn: Connection, client_ids: list[int]) -> dict[int, list]:
     """Each client's measurements, ordered by instrument and date; one query per chunk."""
     found: dict[int, list] = {}
-    for chunk in _chunks(client_ids):
+    for chunk in store.chunks(client_ids):
         rows = conn.execute(
             select(
                 measurements.c.client_id,
@@ -161,12 +162,6 @@ def _measurements(conn: Connection, client_ids: list[int]) -> dict[int, list]:
         for row in rows:
             found.setdefault(row.client_id, []).append(row)
     return found
-
-
-def _chunks(ids: list[int], size: int = 500):
-    """Bounded IN lists: SQLite and PostgreSQL both take these comfortably."""
-    for start in range(0, len(ids), size):
-        yield ids[start : start + size]
 
 
 SESSION_KINDS = ("session_attended", "session_missed")
@@ -225,7 +220,7 @@ def load_histories(conn: Connection, client_ids: list[int]) -> dict[int, History
     ids = sorted(set(client_ids))
     found_clients = {}
     found_events: dict[int, list] = {}
-    for chunk in _chunks(ids):
+    for chunk in store.chunks(ids):
         found_clients.update((r.id, r) for r in conn.execute(select(clients).where(clients.c.id.in_(chunk))))
         rows = conn.execute(
             select(events)
@@ -236,7 +231,7 @@ def load_histories(conn: Connection, client_ids: list[int]) -> dict[int, History
             found_events.setdefault(row.client_id, []).append(row)
     doctor_ids = sorted({c.physician_id for c in found_clients.values()})
     doctors = {}
-    for chunk in _chunks(doctor_ids):
+    for chunk in store.chunks(doctor_ids):
         doctors.update((r.id, r) for r in conn.execute(select(physicians).where(physicians.c.id.in_(chunk))))
     scores = _measurements(conn, ids)
     return {

@@ -13,7 +13,8 @@ from pathlib import Path
 
 from sqlalchemy import Engine
 
-from outreach.importer import KINDS, SPECS, import_file
+from outreach.importer import SPECS, import_file
+from outreach.models import IMPORT_KINDS
 from outreach.settings import Settings
 
 PHYSICIANS = [
@@ -197,7 +198,7 @@ def _in_days(today, days: int | None) -> str:
 def write_csvs(folder: Path, rows: dict[str, list[dict]]) -> dict[str, Path]:
     folder.mkdir(parents=True, exist_ok=True)
     paths = {}
-    for kind in KINDS:
+    for kind in IMPORT_KINDS:
         path = folder / f"{kind}.csv"
         with path.open("w", newline="", encoding="utf-8") as handle:
             writer = csv.DictWriter(handle, fieldnames=SPECS[kind].columns)
@@ -210,6 +211,6 @@ def write_csvs(folder: Path, rows: dict[str, list[dict]]) -> dict[str, Path]:
 def load_demo(engine: Engine, settings: Settings, folder: Path, now: datetime) -> dict[str, Path]:
     """Write the demo CSVs into ``folder`` and import them; returns their paths."""
     paths = write_csvs(folder, demo_rows(now, settings))
-    for kind in KINDS:
+    for kind in IMPORT_KINDS:
         import_file(engine, settings, kind, paths[kind], now)
     return paths

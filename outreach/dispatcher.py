@@ -34,8 +34,7 @@ from outreach.compose import build_email
 from outreach.digest import DIGEST, settle_members
 from outreach.errors import BatchAbort, DatabaseError, NotFound, PermanentError, TransientError
 from outreach.models import FAILED, PENDING, SENDING, SENT, message_bodies, messages
-from outreach.outbox import trail as _trail
-from outreach.outbox import trail_many, with_body
+from outreach.outbox import trail, trail_many, with_body
 from outreach.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -130,7 +129,7 @@ def release_expired(engine: Engine, now: datetime) -> int:
                 )
             )
             for message_id in ids:
-                _trail(conn, message_id, now, "released", "lease expired: the sender stopped mid-send")
+                trail(conn, message_id, now, "released", "lease expired: the sender stopped mid-send")
     if ids:
         log.warning("released %d message(s) whose sender stopped mid-send", len(ids))
     return len(ids)
@@ -189,7 +188,7 @@ def _finish(engine: Engine, worker: str, outcome: _Outcome, on: Connection | Non
         params = {f"new_{key}": value for key, value in values.items()}
         result = conn.execute(statement, {**params, "message": outcome.message_id, "worker": worker})
         if result.rowcount:
-            _trail(conn, outcome.message_id, outcome.at, outcome.action, outcome.detail)
+            trail(conn, outcome.message_id, outcome.at, outcome.action, outcome.detail)
             if outcome.digest:
                 settle_members(conn, outcome.message_id, outcome.values.get("status"), outcome.at)
             return True
@@ -285,7 +284,7 @@ def _hand_back(
         )
     )
     for message_id in held:
-        _trail(conn, message_id, now, "deferred" if reason else "released", reason or why)
+        trail(conn, message_id, now, "deferred" if reason else "released", reason or why)
 
 
 def _renew(engine: Engine, settings: Settings, worker: str, ids: list[int], now: datetime):
@@ -616,17 +615,16 @@ def _done(report: SendReport) -> set[int]:
     return {*report.sent, *report.deferred, *report.failed}
 
 
-def _unrendered():
-    """The message failed to render (a template error): there is nothing to send."""
-    rendered = exists().where(message_bodies.c.message_id == messages.c.id, message_bodies.c.html != "")
-    return ~rendered
+def _rendered():
+    """The message has a body to send (not a template error's empty one)."""
+    return exists().where(message_bodies.c.message_id == messages.c.id, message_bodies.c.html != "")
 
 
 def retry_failed(engine: Engine, now: datetime, ids: list[int] | None = None) -> int:
     """Put failed messages back in the queue with a fresh set of attempts."""
     with store.write(engine) as conn:
         # A message that never rendered (template error) has nothing to resend.
-        query = select(messages.c.id).where(messages.c.status == FAILED, ~_unrendered())
+        query = select(messages.c.id).where(messages.c.status == FAILED, _rendered())
         if ids is not None:
             found = dict(
                 conn.execute(select(messages.c.id, messages.c.status).where(messages.c.id.in_(ids))).all()
@@ -636,7 +634,7 @@ def retry_failed(engine: Engine, now: datetime, ids: list[int] | None = None) ->
                 raise NotFound(f"no message with id {', '.join(map(str, missing))}")
             not_failed = [f"{i} is {found[i]}" for i in ids if found[i] != FAILED]
             unrendered = conn.execute(
-                select(messages.c.id).where(messages.c.id.in_(ids), _unrendered())
+                select(messages.c.id).where(messages.c.id.in_(ids), ~_rendered())
             ).scalars()
             not_failed += [f"{i} was never rendered (fix its template)" for i in unrendered]
             if not_failed:
@@ -650,5 +648,5 @@ def retry_failed(engine: Engine, now: datetime, ids: list[int] | None = None) ->
                 .values(status=PENDING, attempts=0, next_attempt_at=now, updated_at=now)
             )
             for message_id in retry_ids:
-                _trail(conn, message_id, now, "retried", "queued again by a person")
+                trail(conn, message_id, now, "retried", "queued again by a person")
     return len(retry_ids)

@@ -24,7 +24,6 @@ from outreach.instruments import lookup
 from outreach.models import (
     CLIENT_STATUSES,
     EVENT_KINDS,
-    IMPORT_KINDS,
     clients,
     events,
     measurements,
@@ -32,8 +31,6 @@ from outreach.models import (
 )
 from outreach.settings import Settings, address_problem
 from outreach.windows import parse_window
-
-KINDS = IMPORT_KINDS
 
 
 @dataclass

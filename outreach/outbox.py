@@ -12,6 +12,7 @@ from sqlalchemy import Connection, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from outreach.models import message_bodies, message_events, messages
+from outreach.store import chunks
 
 BODY = ("html", "text")  # stored in message_bodies, the rest in messages
 
@@ -46,17 +47,17 @@ def insert_messages(conn: Connection, rows: list[dict]) -> list[int | None]:
     """
     if not rows:
         return []
-    entries = [_split(row)[0] for row in rows]
+    entries, texts = zip(*(_split(row) for row in rows), strict=True)
     conn.execute(
-        _dialect(conn).insert(messages).on_conflict_do_nothing(index_elements=["dedupe_key"]), entries
+        _dialect(conn).insert(messages).on_conflict_do_nothing(index_elements=["dedupe_key"]), list(entries)
     )
     found: dict[str, int] = {}
-    for start in range(0, len(rows), 500):
-        keys = [row["dedupe_key"] for row in rows[start : start + 500]]
+    for chunk in chunks(entries):
+        keys = [entry["dedupe_key"] for entry in chunk]
         query = select(messages.c.message_id, messages.c.id).where(messages.c.dedupe_key.in_(keys))
         found.update((row.message_id, row.id) for row in conn.execute(query))
-    ids = [found.get(row["message_id"]) for row in rows]
-    bodies = [{"message_id": i, **_split(row)[1]} for i, row in zip(ids, rows, strict=True) if i is not None]
+    ids = [found.get(entry["message_id"]) for entry in entries]
+    bodies = [{"message_id": i, **text} for i, text in zip(ids, texts, strict=True) if i is not None]
     if bodies:
         conn.execute(message_bodies.insert(), bodies)
     return ids

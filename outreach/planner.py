@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
@@ -22,6 +22,7 @@ from sqlalchemy import Connection, Engine, String, cast, exists, func, literal, 
 from outreach import store
 from outreach.context import (
     MIN_COHORT,
+    SESSION_KINDS,
     History,
     client_context,
     load_histories,
@@ -52,7 +53,6 @@ from outreach.settings import Settings
 from outreach.windows import parse_window
 
 log = logging.getLogger(__name__)
-CHUNK = 500
 QUEUE_CHUNK = 200  # drafts rendered and stored per transaction
 
 
@@ -187,9 +187,6 @@ def _due_on_event(conn: Connection, rule: Rule, now: datetime) -> list[Draft]:
     ]
 
 
-SESSION_KINDS = ("session_attended", "session_missed")
-
-
 def _streak_ends(conn: Connection, client_ids: set[int], length: int) -> set[int]:
     """Missed sessions that are exactly the ``length``-th missed in a row (not the 4th of 3).
 
@@ -197,7 +194,7 @@ def _streak_ends(conn: Connection, client_ids: set[int], length: int) -> set[int
     tick re-examines every recent miss that did not end a streak.
     """
     ends: set[int] = set()
-    for chunk in _chunks(sorted(client_ids), CHUNK):
+    for chunk in store.chunks(sorted(client_ids)):
         sessions = conn.execute(
             select(events.c.client_id, events.c.id, events.c.kind)
             .where(events.c.client_id.in_(chunk), events.c.kind.in_(SESSION_KINDS))
@@ -317,18 +314,13 @@ def _due_recurring_physician(conn: Connection, rule: Rule, settings: Settings, n
 
 def _not_yet_queued(conn: Connection, candidates: list[tuple[str, object]]) -> list[tuple[str, object]]:
     new = []
-    for chunk in _chunks(candidates, CHUNK):
+    for chunk in store.chunks(candidates):
         keys = [key for key, _ in chunk]
         taken = set(
             conn.execute(select(messages.c.dedupe_key).where(messages.c.dedupe_key.in_(keys))).scalars()
         )
         new += [(key, row) for key, row in chunk if key not in taken]
     return new
-
-
-def _chunks(items: list, size: int) -> Iterator[list]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
 
 
 def _physician_suppression(conn: Connection, draft: Draft) -> str | None:
@@ -361,7 +353,7 @@ def plan(
     for rule in sorted(rules, key=lambda r: r.trigger != "event"):
         with store.read(engine) as conn:
             drafts = find_due(conn, [rule], settings, now)
-        for chunk in _chunks(drafts, QUEUE_CHUNK):
+        for chunk in store.chunks(drafts, QUEUE_CHUNK):
             _queue(engine, settings, renderer, chunk, now, report)
     report.digests = batch(engine, settings, renderer, rules, now)
     if report.total or report.cancelled:

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
@@ -24,6 +24,7 @@ from outreach.errors import DatabaseError, SettingsError
 if TYPE_CHECKING:
     from alembic.config import Config
 
+T = TypeVar("T")
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 # ``revision = "0005"`` and ``down_revision = "0004"`` in a migration file (either quotes).
 REVISION_LINE = re.compile(r"""^(revision|down_revision) = ["']([^"']+)["']$""", re.MULTILINE)
@@ -99,6 +100,15 @@ def _create_private_file(path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o600)
     os.close(fd)
+
+
+IN_LIMIT = 500  # ids per ``IN (...)`` list: SQLite and PostgreSQL both take these comfortably
+
+
+def chunks(items: Sequence[T], size: int = IN_LIMIT) -> Iterator[Sequence[T]]:
+    """``items`` in slices of at most ``size``: bounded IN lists, bounded transactions."""
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
 
 
 def is_postgres(engine: Engine | Connection) -> bool:

@@ -19,8 +19,8 @@ from sqlalchemy import delete, select
 
 from outreach import store
 from outreach.errors import ImportFileError, OutreachError
-from outreach.importer import KINDS, SPECS, import_file
-from outreach.models import metadata
+from outreach.importer import SPECS, import_file
+from outreach.models import IMPORT_KINDS, metadata
 from outreach.rules import check_rules
 from tests.conftest import NOW, ROOT
 
@@ -183,7 +183,7 @@ def reset(engine, settings, folder: Path) -> None:
         import_file(engine, settings, kind, path, NOW)
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", IMPORT_KINDS)
 def test_a_random_csv_imports_or_fails_cleanly_and_a_failure_changes_nothing(
     kind, engine, settings, tmp_path
 ):

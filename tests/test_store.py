@@ -47,6 +47,22 @@ def test_sqlite_runs_in_wal_mode(tmp_path):
     engine.dispose()
 
 
+def test_only_transactions_asked_to_skip_the_disk_wait_do(engine):
+    """Outcomes, claims and queued mail commit without fsync; everything else waits for the disk."""
+    if store.is_postgres(engine):
+        setting = "SHOW synchronous_commit"
+        waits, skips = "on", "off"
+    else:
+        setting = "PRAGMA synchronous"
+        waits, skips = 2, 1  # FULL, NORMAL
+    with store.write(engine) as conn:
+        assert conn.exec_driver_sql(setting).scalar() == waits
+    with store.write(engine, durable=False) as conn:
+        assert conn.exec_driver_sql(setting).scalar() == skips
+    with store.write(engine) as conn:  # the same pooled connection, back to waiting
+        assert conn.exec_driver_sql(setting).scalar() == waits
+
+
 def test_upgrading_a_database_with_data_keeps_the_data(tmp_path):
     """Every migration runs on a database that already holds messages and their trail."""
     engine = store.connect(f"sqlite:///{tmp_path / 'old.db'}")

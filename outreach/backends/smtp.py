@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
-import re
 import smtplib
 import ssl
 from collections.abc import Callable
 
 from outreach.backends.base import Backend, no_wait
-from outreach.compose import Email
+from outreach.compose import Email, is_address
 from outreach.errors import BatchAbort, PermanentError, SettingsError, TransientError
 from outreach.settings import Settings
 
@@ -171,9 +170,6 @@ class SMTPBackend(Backend):
         _quietly_close(conn)
 
 
-_ENVELOPE = re.compile(r"[!-;=?-~]+@[!-;=?-~]+")  # printable ASCII, no spaces, no < or >
-
-
 def _ascii_email(msg: Email, sender: str, recipient: str) -> bytes:
     """The bytes to send; an address SMTP cannot carry is this message's permanent failure.
 
@@ -185,7 +181,7 @@ def _ascii_email(msg: Email, sender: str, recipient: str) -> bytes:
             raise PermanentError(
                 f"{role} address {address!r} is not ASCII; SMTP cannot deliver it as written"
             )
-        if not _ENVELOPE.fullmatch(address):
+        if not is_address(address):
             raise PermanentError(f"{role} address {address!r} cannot be written in an SMTP envelope")
     if not msg.data.isascii():  # a non-ASCII address in a header (Reply-To)
         raise PermanentError("the email cannot be encoded: a header holds a non-ASCII address")
