@@ -639,8 +639,8 @@ def bench_settings(database_url: str, folder: Path, smtp_port: int = 25) -> Sett
         sender_name="Alex Morgan",
         sender_credentials="MS, ACSM-CEP",
         timezone=PRACTICE_TZ,
-        campaigns_dir=SOURCE_ROOT / "campaigns",
-        templates_dir=SOURCE_ROOT / "templates" / "email",
+        campaigns_dir=SOURCE_ROOT / "outreach" / "campaigns",
+        templates_dir=SOURCE_ROOT / "outreach" / "templates" / "email",
     )
 
 
@@ -1019,8 +1019,8 @@ def source_fingerprint() -> int:
     phases measured different code says so instead of mixing them silently.
     """
     files = sorted((SOURCE_ROOT / "outreach").rglob("*.py"))
-    files += sorted((SOURCE_ROOT / "campaigns").glob("*.toml"))
-    files += sorted(p for p in (SOURCE_ROOT / "templates").rglob("*") if p.is_file())
+    files += sorted((SOURCE_ROOT / "outreach" / "campaigns").glob("*.toml"))
+    files += sorted(p for p in (SOURCE_ROOT / "outreach" / "templates").rglob("*") if p.is_file())
     return hash(tuple((str(p), p.stat().st_mtime_ns, p.stat().st_size) for p in files if p.exists()))
 
 

@@ -11,6 +11,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from importlib.resources import files
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -39,8 +40,11 @@ def address_problem(value: str) -> str | None:
     return None
 
 
-# The checkout this package lives in: campaigns/ and templates/ sit beside it.
+# The checkout this package lives in (the benchmark and tests read it).
 SOURCE_ROOT = Path(__file__).resolve().parent.parent
+# The rules and templates shipped inside the package (also in a built wheel);
+# ``outreach init`` copies them into the working directory for the practice to edit.
+SHIPPED = Path(str(files("outreach")))
 
 
 class Secret:
@@ -152,11 +156,11 @@ class Settings:
 
 
 def default_dir(relative: str) -> Path:
-    """A folder relative to the working directory, else the one in this checkout."""
+    """A folder relative to the working directory (the practice's own), else the shipped one."""
     here = Path(relative)
     if here.is_dir():
         return here
-    return SOURCE_ROOT / relative
+    return SHIPPED / relative
 
 
 class _Reader:

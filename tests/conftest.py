@@ -53,8 +53,8 @@ def settings(tmp_path: Path, database_url: str) -> Settings:
     return Settings(
         database_url=database_url,
         outbox_dir=tmp_path / "outbox",
-        campaigns_dir=ROOT / "campaigns",
-        templates_dir=ROOT / "templates" / "email",
+        campaigns_dir=ROOT / "outreach" / "campaigns",
+        templates_dir=ROOT / "outreach" / "templates" / "email",
         timezone="America/New_York",
         from_addr="updates@rehab.example.org",
         practice_name="Summit Post-Rehab",

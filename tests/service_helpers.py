@@ -152,8 +152,8 @@ def sqlite_settings(tmp_path: Path, **changes) -> Settings:
     values = {
         "database_url": f"sqlite:///{tmp_path / 'outreach.db'}",
         "outbox_dir": tmp_path / "outbox",
-        "campaigns_dir": ROOT / "campaigns",
-        "templates_dir": ROOT / "templates" / "email",
+        "campaigns_dir": ROOT / "outreach" / "campaigns",
+        "templates_dir": ROOT / "outreach" / "templates" / "email",
         "timezone": "America/New_York",
         "from_addr": "updates@rehab.example.org",
         "practice_name": "Summit Post-Rehab",

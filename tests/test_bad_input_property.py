@@ -266,7 +266,7 @@ def rule_file(draw) -> str:
 def test_a_random_rule_file_gives_problems_never_a_crash(tmp_path_factory, text):
     campaigns = tmp_path_factory.mktemp("campaigns")
     (campaigns / "random.toml").write_text(text, encoding="utf-8", errors="surrogatepass")
-    rules, problems = check_rules(campaigns, ROOT / "templates" / "email")
+    rules, problems = check_rules(campaigns, ROOT / "outreach" / "templates" / "email")
     for problem in problems:
         assert problem.strip() and len(problem.splitlines()) == 1, problem
     if not problems:
@@ -276,7 +276,7 @@ def test_a_random_rule_file_gives_problems_never_a_crash(tmp_path_factory, text)
 @pytest.mark.parametrize("name", ["\\n", "a\\u2028b", "tab\\there"])
 def test_a_rule_name_with_a_line_break_is_still_one_problem_per_line(tmp_path, name):
     (tmp_path / "names.toml").write_text(f'[rules."{name}"]\nwhen = {{ event = "x" }}\n', encoding="utf-8")
-    _, problems = check_rules(tmp_path, ROOT / "templates" / "email")
+    _, problems = check_rules(tmp_path, ROOT / "outreach" / "templates" / "email")
     assert problems and all(len(p.splitlines()) == 1 for p in problems), problems
     assert all("\t" not in p for p in problems)
 
@@ -286,7 +286,7 @@ def test_a_rule_name_with_a_line_break_is_still_one_problem_per_line(tmp_path, n
 def test_a_rule_file_that_is_not_text_is_one_problem(tmp_path_factory, data):
     campaigns = tmp_path_factory.mktemp("campaigns")
     (campaigns / "binary.toml").write_bytes(data)
-    _, problems = check_rules(campaigns, ROOT / "templates" / "email")
+    _, problems = check_rules(campaigns, ROOT / "outreach" / "templates" / "email")
     assert all(len(p.splitlines()) == 1 for p in problems)
 
 

@@ -13,8 +13,8 @@ from outreach.models import EVENT_KINDS, PRIORITIES
 from outreach.rules import check_rules, load_rules
 from tests.conftest import ROOT
 
-CAMPAIGNS = ROOT / "campaigns"
-TEMPLATES = ROOT / "templates" / "email"
+CAMPAIGNS = ROOT / "outreach" / "campaigns"
+TEMPLATES = ROOT / "outreach" / "templates" / "email"
 KNOWN_KINDS = ", ".join(EVENT_KINDS)
 
 GOOD_RULE = """

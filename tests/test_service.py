@@ -77,8 +77,8 @@ CLIENTS = (
 @pytest.mark.slow
 def test_sighup_and_edited_files_reload_only_valid_rules_and_templates(tmp_path):
     campaigns, templates = tmp_path / "campaigns", tmp_path / "templates"
-    shutil.copytree(ROOT / "campaigns", campaigns)
-    shutil.copytree(ROOT / "templates" / "email", templates)
+    shutil.copytree(ROOT / "outreach" / "campaigns", campaigns)
+    shutil.copytree(ROOT / "outreach" / "templates" / "email", templates)
     cfg = sqlite_settings(tmp_path, campaigns_dir=campaigns, templates_dir=templates)
     engine = store.connect(cfg.database_url)
     store.migrate(engine)

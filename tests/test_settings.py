@@ -54,8 +54,8 @@ def test_defaults(monkeypatch, tmp_path):
     assert settings.smtp_password == Secret("")
     assert settings.timezone == "UTC"
     assert settings.log_level == "INFO"
-    assert settings.campaigns_dir == ROOT / "campaigns"
-    assert settings.templates_dir == ROOT / "templates" / "email"
+    assert settings.campaigns_dir == ROOT / "outreach" / "campaigns"
+    assert settings.templates_dir == ROOT / "outreach" / "templates" / "email"
 
 
 def test_folders_in_the_working_directory_win_over_the_checkout(monkeypatch, tmp_path):
@@ -193,8 +193,8 @@ def test_a_bad_dotenv_value_is_reported_by_key(tmp_path):
     (tmp_path / ".env").write_text("OUTREACH_SMTP_PORT=abc\n")
     env = {
         **_clean_env(),
-        "OUTREACH_CAMPAIGNS_DIR": str(ROOT / "campaigns"),
-        "OUTREACH_TEMPLATES_DIR": str(ROOT / "templates" / "email"),
+        "OUTREACH_CAMPAIGNS_DIR": str(ROOT / "outreach" / "campaigns"),
+        "OUTREACH_TEMPLATES_DIR": str(ROOT / "outreach" / "templates" / "email"),
     }
     result = _outreach(["check"], cwd=tmp_path, env=env)
     assert result.returncode == 1
@@ -211,8 +211,8 @@ def test_dotenv_never_overrides_the_environment(tmp_path):
         **_clean_env(),
         "OUTREACH_SMTP_PORT": "2525",
         "OUTREACH_DATABASE_URL": f"sqlite:///{db}",
-        "OUTREACH_CAMPAIGNS_DIR": str(ROOT / "campaigns"),
-        "OUTREACH_TEMPLATES_DIR": str(ROOT / "templates" / "email"),
+        "OUTREACH_CAMPAIGNS_DIR": str(ROOT / "outreach" / "campaigns"),
+        "OUTREACH_TEMPLATES_DIR": str(ROOT / "outreach" / "templates" / "email"),
     }
     result = _outreach(["init"], cwd=tmp_path, env=env)
     assert result.returncode == 0, result.stderr
