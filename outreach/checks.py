@@ -1,8 +1,10 @@
 """``outreach check``: settings, rule files and templates, validated before they matter.
 
-Templates are not only compiled but rendered, for every rule, against the
-demo practice (in a throwaway database), so a missing variable or a subject
-line that names a client or a diagnosis is found before a physician sees it.
+Templates are read as the service reads them (strictly as UTF-8), compiled
+and rendered, for every rule, against the demo practice (in a throwaway
+database), so a stray byte, a missing variable or a subject line that names
+a client or a diagnosis is found before a physician sees it. A SQLite file
+that group or others may read is a problem too: it holds health data.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from outreach.demo import load_demo
 from outreach.errors import OutreachError, RenderError
 from outreach.models import clients, events, utcnow
 from outreach.planner import preview
-from outreach.renderer import Renderer
+from outreach.renderer import TEMPLATE_SUFFIXES, compile_problems, load_renderer, read_sources, snapshot
 from outreach.rules import TEMPLATE_PARTS, Rule, check_rules
 from outreach.settings import Settings
 
@@ -31,6 +33,9 @@ def check_all(settings: Settings) -> list[str]:
     refusal = insecure_refusal(settings)
     if refusal:
         problems.append(f"settings: {refusal}")
+    loose = store.loose_mode(settings.database_url)
+    if loose:  # a problem, not a warning: check passes only a deployment fit to hold health data
+        problems.append(loose)
     rules, rule_problems = check_rules(settings.campaigns_dir, settings.templates_dir)
     problems += rule_problems
     template_problems = check_templates(settings.templates_dir)
@@ -41,25 +46,35 @@ def check_all(settings: Settings) -> list[str]:
 
 
 def check_templates(templates_dir: Path) -> list[str]:
-    """Every template part compiles; every template folder is complete."""
-    renderer = Renderer(templates_dir)
-    problems = []
-    folders = [p for p in sorted(Path(templates_dir).iterdir()) if p.is_dir() and not p.name.startswith(".")]
+    """Every template file is UTF-8 text and compiles; every template folder is complete.
+
+    The files are read as the service reads them (``renderer.read_sources``):
+    what passes here is what ``outreach run`` loads.
+    """
+    root = Path(templates_dir)
+    sources, problems = read_sources(root)
+    renderer = snapshot(root, sources)
+    folders = [p for p in sorted(root.iterdir()) if p.is_dir() and not p.name.startswith(".")]
     for folder in folders:
         for part in TEMPLATE_PARTS:
+            name = f"{folder.name}/{part}"
             if not (folder / part).is_file():
                 problems.append(f"{folder / part}: template/{folder.name}: missing part {part}")
-                continue
-            try:
-                renderer.env.get_template(f"{folder.name}/{part}")
-            except jinja2.TemplateSyntaxError as exc:
-                problems.append(f"{folder / part}:{exc.lineno}: template/{folder.name}: {exc.message}")
-    return problems
+            elif name in sources:  # else not UTF-8: reported already
+                try:
+                    renderer.env.get_template(name)
+                except jinja2.TemplateSyntaxError as exc:
+                    problems.append(f"{folder / part}:{exc.lineno}: template/{folder.name}: {exc.message}")
+    shared = [name for name in sources if "/" not in name and name.endswith(TEMPLATE_SUFFIXES)]
+    return problems + compile_problems(renderer, shared)  # layouts and macros
 
 
 def check_rendering(settings: Settings, rules: list[Rule]) -> list[str]:
     """Render each rule for the demo practice; report errors and private subjects."""
-    renderer = Renderer(settings.templates_dir)
+    try:
+        renderer = load_renderer(settings.templates_dir)  # the service's own snapshot of the files
+    except RenderError as exc:
+        return str(exc).splitlines()
     now = utcnow()
     problems = []
     with tempfile.TemporaryDirectory(prefix="outreach-check-") as tmp:

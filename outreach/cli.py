@@ -12,15 +12,17 @@ not pay for alembic, Jinja or premailer, which only other commands use.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import signal
+import stat
 import sys
 from datetime import date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
-from dotenv import find_dotenv, load_dotenv
+from dotenv import load_dotenv
 from sqlalchemy.exc import SQLAlchemyError
 
 from outreach import store
@@ -42,11 +44,51 @@ if TYPE_CHECKING:
 log = logging.getLogger("outreach")
 
 
+def refuse_undecodable(ctx: click.Context) -> None:
+    """An argument that is not UTF-8 text is refused, named, before anything is written.
+
+    On Linux, bytes that are not UTF-8 reach click as surrogate escapes,
+    which no database can store: the write would fail half way with a
+    traceback. File names (``Path`` values) are left alone: the file system
+    takes them as they are.
+    """
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name)
+        values = value if isinstance(value, tuple | list) else (value,)
+        if any(isinstance(item, str) and not _is_text(item) for item in values):
+            name = max(param.opts, key=len) if isinstance(param, click.Option) else param.human_readable_name
+            raise OutreachError(f"{name}: not valid UTF-8 text")
+
+
+def _is_text(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+class OutreachCommand(click.Command):
+    """A command whose arguments are checked to be text (``refuse_undecodable``) before it runs."""
+
+    def invoke(self, ctx: click.Context):
+        refuse_undecodable(ctx)
+        return super().invoke(ctx)
+
+
 class OutreachGroup(click.Group):
-    """Turns every user-fixable error into one line per problem and exit 1."""
+    """Turns every user-fixable error into one line per problem and exit 1.
+
+    Its commands and sub-groups are ``OutreachCommand`` and ``OutreachGroup``,
+    so every argument is checked to be text before any command runs.
+    """
+
+    command_class = OutreachCommand
+    group_class = type  # sub-groups are OutreachGroups too
 
     def invoke(self, ctx: click.Context):
         try:
+            refuse_undecodable(ctx)
             return super().invoke(ctx)
         except ImportFileError as exc:
             for line in exc.problems:
@@ -131,10 +173,56 @@ def cli(ctx: click.Context):
 @cli.command()
 @pass_env
 def init(env: Env):
-    """Create or upgrade the database (safe to run again)."""
+    """Create or upgrade the database; copy the rules and templates to edit.
+
+    The first time, the rules (campaigns/) and email templates
+    (templates/email/) that come with outreach are copied into this folder:
+    they are the practice's to edit, and `outreach check` validates them.
+    Nothing already there is overwritten, so running init again (after an
+    upgrade, say) keeps your edits. A folder named by OUTREACH_CAMPAIGNS_DIR
+    or OUTREACH_TEMPLATES_DIR is used as it is.
+    """
     revision = store.migrate(env.engine)
     where = env.engine.url.render_as_string(hide_password=True)
     click.echo(f"database {where} is at schema revision {revision}")
+    for key, relative, what in STARTER_FOLDERS:
+        click.echo(_give_starter_folder(key, Path(relative), what))
+
+
+# What ``outreach init`` copies for the practice to edit: its setting, its folder here, what it holds.
+STARTER_FOLDERS = (
+    ("OUTREACH_CAMPAIGNS_DIR", "campaigns", "rules"),
+    ("OUTREACH_TEMPLATES_DIR", "templates/email", "email templates"),
+)
+
+
+def _give_starter_folder(key: str, target: Path, what: str) -> str:
+    """Copy the shipped folder to ``target`` unless the practice has its own; say which.
+
+    The copy is made beside the target and renamed into place, so a failure
+    (a full disk, no permission) leaves no half-copied folder behind.
+    """
+    import os
+    import tempfile
+
+    from outreach.settings import SHIPPED
+
+    named = os.environ.get(key, "").strip()
+    if named:
+        return f"{what}: {named} (set by {key}), used as it is"
+    if target.exists():
+        return f"{what}: {target}/ is already here, left as it is"
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=target.parent, prefix=".outreach-init-") as scratch:
+            staged = Path(scratch) / target.name
+            ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+            shutil.copytree(SHIPPED / target, staged, ignore=ignore, copy_function=shutil.copyfile)
+            staged.rename(target)
+    except OSError as exc:
+        reason = exc.strerror or str(exc).splitlines()[0]
+        raise OutreachError(f"{target}: could not copy the shipped {what} there: {reason}") from None
+    return f"{what}: copied to {target}/; they are the practice's to edit (then run outreach check)"
 
 
 @cli.command()
@@ -235,6 +323,19 @@ def physician_opt_in(env: Env, email: str):
     """Resume non-clinical mail to EMAIL."""
     _update_physician(env, email, {"opted_out_on": None})
     click.echo(f"{email}: non-clinical mail resumed")
+
+
+@physician.command("deliverable")
+@click.argument("email")
+@pass_env
+def physician_deliverable(env: Env, email: str):
+    """Send to EMAIL again after a "no such mailbox" refusal.
+
+    A mail server's 5.1.x refusal marks a physician's address undeliverable,
+    and nothing more is sent to it until the mark is cleared here.
+    """
+    _update_physician(env, email, {"undeliverable_on": None, "undeliverable_reason": None})
+    click.echo(f"{email}: marked deliverable again; mail suppressed meanwhile stays in the log, not resent")
 
 
 def _update_physician(env: Env, email: str, values: dict) -> None:
@@ -428,6 +529,9 @@ def status_(env: Env, now: str | None):
     with store.read(env.ready_engine()) as conn:
         report = health(conn, env.now(now), env.settings.tick_seconds)
     click.echo(format_health(report, env.settings.tz))
+    loose = store.loose_mode(env.settings.database_url)
+    if loose:  # worth fixing, but the service is no less alive for it: not a reason to exit 1
+        click.echo(f"warning: {loose}", err=True)
     if not report.ok:
         sys.exit(1)
 
@@ -438,12 +542,18 @@ def status_(env: Env, now: str | None):
 @now_option
 @pass_env
 def retry(env: Env, message_ids: tuple[int, ...], all_failed: bool, now: str | None):
-    """Send failed messages again (same content, same Message-ID)."""
+    """Send failed messages again (same content, same Message-ID).
+
+    A message whose template failed when it was queued is rendered again
+    from its rule and records with the templates as they are now; if one
+    still fails, nothing is queued and the error says why.
+    """
     from outreach.dispatcher import retry_failed
 
     if not message_ids and not all_failed:
         raise click.UsageError("give message IDs or --all-failed")
-    count = retry_failed(env.ready_engine(), env.now(now), None if all_failed else list(message_ids))
+    ids = None if all_failed else list(message_ids)
+    count = retry_failed(env.ready_engine(), env.now(now), ids, settings=env.settings)
     click.echo(f"{count} message(s) queued again")
 
 
@@ -533,27 +643,47 @@ def preview_(env: Env, rule_name: str, client_ref: str | None, html_file: Path |
     rules = {r.name: r for r in load_rules(settings.campaigns_dir, settings.templates_dir)}
     if rule_name not in rules:
         raise NotFound(f"no rule named {rule_name!r} (rules: {', '.join(sorted(rules))})")
-    from outreach.renderer import Renderer
+    from outreach.renderer import load_renderer
 
     rendered = preview(
         env.ready_engine(),
         settings,
         rules[rule_name],
-        Renderer(settings.templates_dir),
+        load_renderer(settings.templates_dir),  # the files as the service reads them
         client_ref,
         env.now(now),
     )
     click.echo(f"Subject: {rendered.subject}\n")
     click.echo(rendered.text.rstrip())
     if html_file:
-        html_file.write_text(rendered.html, encoding="utf-8")
+        _write_private(html_file, rendered.html, "--html")
         click.echo(f"\n(HTML part written to {html_file})")
+
+
+def _write_private(path: Path, text: str, option: str) -> None:
+    """Write ``text`` to a file only its owner may read: it holds a client's health information.
+
+    A new file is created owner-only (never chmod-ed after the text is in
+    it); an existing one is made owner-only before anything is written.
+    """
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
+    except OSError as exc:
+        raise OutreachError(f"{option} {path}: cannot write: {exc.strerror}") from None
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        try:
+            if stat.S_IMODE(os.fstat(fd).st_mode) & 0o077:
+                os.fchmod(fd, 0o600)
+            handle.write(text)
+        except OSError as exc:
+            raise OutreachError(f"{option} {path}: cannot write: {exc.strerror}") from None
 
 
 @cli.command()
 @click.option(
     "--dir", "folder", type=click.Path(file_okay=False, path_type=Path), default=Path("demo"), show_default=True,
-    help="Where the demo database, CSV files and outbox go (replaced on each run).",
+    help="A new or empty folder for the demo database, CSV files and outbox, or one an earlier "
+    "demo made (only what the demo made there is replaced). Any other folder is refused.",
 )  # fmt: skip
 @now_option
 @pass_env
@@ -561,20 +691,23 @@ def demo(env: Env, folder: Path, now: str | None):
     """Build a demo practice in a fresh SQLite file and run one cycle (file backend).
 
     Nothing is emailed: the demo always writes .eml files to DIR/outbox,
-    whatever OUTREACH_EMAIL_BACKEND says.
+    whatever OUTREACH_EMAIL_BACKEND says. Without --now, a demo started
+    outside the physicians' office hours runs as of their next opening, so
+    the whole cycle is sent instead of waiting.
     """
     from outreach.daemon import Service, make_clock
-    from outreach.demo import load_demo
+    from outreach.demo import DATABASE, demo_moment, load_demo, prepare_folder, shifted_note
 
-    moment = env.now(now)  # before anything is deleted: a typo must not cost the old demo
-    if folder.exists():
-        shutil.rmtree(folder)
-    folder.mkdir(parents=True)
+    moment = env.now(now)  # before anything is touched: a typo must not cost the old demo
     settings = env.settings.with_(
-        database_url=f"sqlite:///{folder / 'outreach-demo.db'}",
+        database_url=f"sqlite:///{folder / DATABASE}",
         email_backend="file",
         outbox_dir=folder / "outbox",
     )
+    prepare_folder(folder)  # refuses, untouched, a folder the demo did not make
+    if now is None and (shifted := demo_moment(moment, settings)) != moment:
+        moment = shifted
+        click.echo(shifted_note(moment, settings))
     engine = store.connect(settings.database_url)
     store.migrate(engine)
     load_demo(engine, settings, folder / "csv", moment)
@@ -593,8 +726,18 @@ def demo(env: Env, folder: Path, now: str | None):
 
 
 def main() -> None:
-    """Console entry point: ``.env`` first (never overriding the environment), then the CLI."""
-    load_dotenv(find_dotenv(usecwd=True), override=False)
+    """Console entry point: ``./.env`` first (never overriding the environment), then the CLI.
+
+    Only the working directory's ``.env``, as the README says: one in a parent
+    folder may belong to something else (another database, other SMTP credentials).
+    """
+    dotenv = Path.cwd() / ".env"
+    try:
+        load_dotenv(dotenv, override=False, encoding="utf-8")
+    except UnicodeDecodeError:
+        sys.exit(f"error: {dotenv}: not UTF-8 text")
+    except OSError as exc:
+        sys.exit(f"error: {dotenv}: cannot read: {exc.strerror}")
     cli(prog_name="outreach")
 
 

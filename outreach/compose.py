@@ -74,7 +74,8 @@ def build_email(row, settings: Settings, sent_at: datetime) -> Email:
 
 def _headers(row, settings: Settings, sent_at: datetime, boundary: str) -> str:
     """The top-level header block, CRLF-separated, without the final line end."""
-    sender = one_line(f"{settings.sender_name}, {settings.practice_name}")
+    # A name given with the address (OUTREACH_FROM="Name <address>") is the one the practice chose.
+    sender = one_line(settings.from_name) or one_line(f"{settings.sender_name}, {settings.practice_name}")
     lines = [
         _mailbox("From", sender, settings.from_addr),
         _mailbox("To", one_line(row.recipient_name or ""), row.recipient),

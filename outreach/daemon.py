@@ -21,17 +21,16 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 
-import jinja2
 import schedule
 from sqlalchemy import Engine
 
-from outreach import status, store
+from outreach import digest, status, store
 from outreach.backends import Backend, get_backend
 from outreach.dispatcher import Clock, SendReport, flush_backlog, one_line, send_due, worker_name
-from outreach.errors import OutreachError, RenderError
+from outreach.errors import OutreachError
 from outreach.models import utcnow
 from outreach.planner import PlanReport, plan
-from outreach.renderer import Renderer
+from outreach.renderer import Renderer, load_renderer
 from outreach.rules import Rule, load_rules
 from outreach.settings import Settings
 
@@ -61,38 +60,12 @@ def config_fingerprint(settings: Settings) -> tuple:
     return tuple(fingerprint)
 
 
-def load_renderer(templates_dir: Path) -> Renderer:
-    """A renderer over a snapshot of the template files, every one of them compiled.
-
-    Jinja would otherwise re-read a file changed on disk at the next render,
-    valid or not; the snapshot changes only through a validated reload.
-    Raises ``RenderError`` naming each template that does not compile.
-    """
-    root = Path(templates_dir)
-    sources = {}
-    for path in sorted(root.rglob("*")):
-        name = path.relative_to(root).as_posix()
-        if path.is_file() and not any(part.startswith(".") for part in name.split("/")):
-            try:
-                sources[name] = path.read_text(encoding="utf-8")
-            except UnicodeDecodeError:
-                continue  # not text, so not a template (an image, say)
-    renderer = Renderer(root)
-    renderer.env.loader = jinja2.DictLoader(sources)
-    problems = []
-    for name in sources:
-        if name.endswith((".html", ".txt")):
-            try:
-                renderer.env.get_template(name)
-            except jinja2.TemplateSyntaxError as exc:
-                problems.append(f"{root / name}:{exc.lineno}: {exc.message}")
-    if problems:
-        raise RenderError("\n".join(problems))
-    return renderer
-
-
 def load_config(settings: Settings) -> tuple[list[Rule], Renderer]:
-    """Rules and templates, both validated; raises ``OutreachError`` listing the problems."""
+    """Rules and templates, both validated; raises ``OutreachError`` listing the problems.
+
+    Every template file is read strictly as UTF-8 (``renderer.load_renderer``):
+    a stray byte is refused here, at start or reload, with the file and offset.
+    """
     renderer = load_renderer(settings.templates_dir)
     return load_rules(settings.campaigns_dir, settings.templates_dir), renderer
 
@@ -131,8 +104,19 @@ class Service:
 
     def send(self, clock: Clock, limit: int | None = None, stop: threading.Event | None = None) -> SendReport:
         return send_due(
-            self.engine, self.settings, self.backend, clock, limit=limit, stop=stop, worker=self.worker
+            self.engine,
+            self.settings,
+            self.backend,
+            clock,
+            limit=limit,
+            stop=stop,
+            worker=self.worker,
+            regroup=self.regroup,
         )
+
+    def regroup(self, ids: list[int], now: datetime) -> None:
+        """Combine again the updates of a digest the gate took apart (it needs the renderer)."""
+        digest.regroup(self.engine, self.settings, self.renderer, self.rules, ids, now)
 
     def cycle(self, clock: Clock, stop: threading.Event | None = None) -> tuple[PlanReport, SendReport]:
         return self.plan(clock()), self.send(clock, stop=stop)

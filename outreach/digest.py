@@ -12,6 +12,7 @@ Runs after planning. For each physician with non-urgent mail ready to leave:
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import uuid
 from dataclasses import dataclass, field
@@ -174,7 +175,7 @@ def _make_digest(engine, settings, renderer, rules, doctor, ids: list[int], now:
     row = {
         "rule": DIGEST,
         "template": DIGEST,
-        "dedupe_key": f"{DIGEST}:{min(ids)}",
+        "dedupe_key": digest_key(ids),
         "client_id": None,
         "physician_id": doctor.id,
         "recipient": doctor.email,
@@ -183,6 +184,7 @@ def _make_digest(engine, settings, renderer, rules, doctor, ids: list[int], now:
         "html": rendered.html,
         "text": rendered.text,
         "kind": DIGEST,
+        "needs_consent": False,  # its members are checked one by one
         "priority": PRIORITIES["normal"],
         "status": PENDING,
         "attempts": 0,
@@ -197,6 +199,44 @@ def _make_digest(engine, settings, renderer, rules, doctor, ids: list[int], now:
         return None
     if digest_id is not None:
         log.info("digest message %s to %s carries %d updates", digest_id, doctor.email, len(ids))
+    return digest_id
+
+
+def digest_key(ids: list[int]) -> str:
+    """One key per set of updates: two planners making the same digest collide, a rebuilt one does not."""
+    members = ",".join(map(str, sorted(ids)))
+    return f"{DIGEST}:{min(ids)}:{hashlib.sha1(members.encode()).hexdigest()[:16]}"
+
+
+def regroup(
+    engine: Engine, settings: Settings, renderer: Renderer, rules: list[Rule], ids: list[int], now: datetime
+) -> int | None:
+    """Updates left from a digest the gate cancelled: combined again, or the one left goes alone.
+
+    They were held (``not_before``) so that no sender takes them one by one
+    meanwhile; if no new digest can be made, the hold is lifted and they go
+    one by one, as when a digest cannot be rendered.
+    """
+    with store.read(engine) as conn:
+        live = conn.execute(
+            select(messages.c.id, messages.c.physician_id)
+            .where(messages.c.id.in_(ids), messages.c.status == PENDING, messages.c.digest_id.is_(None))
+            .order_by(messages.c.id)
+        ).all()
+        doctors = {row.physician_id for row in live}
+        doctor = None
+        if len(live) >= 2 and len(doctors) == 1:
+            doctor = conn.execute(select(physicians).where(physicians.c.id == doctors.pop())).one()
+    digest_id = None
+    if doctor is not None:
+        digest_id = _make_digest(engine, settings, renderer, rules, doctor, [row.id for row in live], now)
+    if digest_id is None and live:
+        with store.write(engine) as conn:
+            conn.execute(
+                update(messages)
+                .where(messages.c.id.in_([row.id for row in live]), messages.c.status == PENDING)
+                .values(not_before=None, updated_at=now)
+            )
     return digest_id
 
 

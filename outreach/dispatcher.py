@@ -28,12 +28,19 @@ from datetime import datetime, timedelta
 from sqlalchemy import Connection, Engine, and_, bindparam, exists, or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
-from outreach import store
+from outreach import gate, store
 from outreach.backends.base import Backend
 from outreach.compose import build_email
 from outreach.digest import DIGEST, settle_members
-from outreach.errors import BatchAbort, DatabaseError, NotFound, PermanentError, TransientError
-from outreach.models import FAILED, PENDING, SENDING, SENT, message_bodies, messages
+from outreach.errors import (
+    BatchAbort,
+    DatabaseError,
+    NotFound,
+    PermanentError,
+    RecipientUnknown,
+    TransientError,
+)
+from outreach.models import FAILED, PENDING, SENDING, SENT, message_bodies, messages, physicians
 from outreach.outbox import trail, trail_many, with_body
 from outreach.settings import Settings
 
@@ -69,6 +76,7 @@ class _Outcome:
     action: str
     detail: str
     digest: bool = False  # a digest settles the updates it carries
+    undeliverable: str | None = None  # the server says the mailbox does not exist: mark the address
 
 
 @dataclass
@@ -88,7 +96,7 @@ _BACKLOG_LOCK = threading.Lock()
 
 
 def _backlog(engine: Engine, worker: str) -> _Backlog:
-    key = (engine.url.render_as_string(hide_password=False), worker)
+    key = (engine.url.render_as_string(hide_password=True), worker)  # no password kept in memory as a key
     with _BACKLOG_LOCK:
         return _BACKLOGS.setdefault(key, _Backlog())
 
@@ -172,6 +180,43 @@ def claim(engine: Engine, settings: Settings, limit: int, now: datetime, worker:
         )
 
 
+# A batch is judged by the gate when claimed, and again before each message
+# once this much time has passed: a long batch does not send on old news.
+GATE_FRESH_SECONDS = 1.0
+Regroup = Callable[[list[int], datetime], None]
+
+
+def screen_claimed(
+    engine: Engine, settings: Settings, rows: list, worker: str, now: datetime, regroup: Regroup | None = None
+) -> list:
+    """The last gate: claimed messages that may no longer go leave the batch, the reason on record.
+
+    A digest with an update that may not go is cancelled; the rest of its
+    updates are combined again without it (``regroup``, given by the service,
+    which can render), or, without ``regroup``, by the next plan.
+    """
+    if not rows:
+        return rows
+    today = now.astimezone(settings.tz).date()
+    ids = [row.id for row in rows]
+    with store.read(engine) as conn:
+        if not gate.screen(conn, ids, today):
+            return rows  # the usual case: one read, nothing to write
+    with store.write(engine) as conn:
+        verdicts = gate.screen(conn, ids, today)  # again, inside the transaction that applies it
+        digests = {row.id for row in rows if _is_digest(row)} & ({*verdicts.refused} | {*verdicts.members})
+        singles = [refusal for i, refusal in verdicts.refused.items() if i not in digests]
+        gate.refuse(conn, singles, now, worker)
+        groups = [gate.take_apart(conn, digest_id, verdicts, now, worker) for digest_id in sorted(digests)]
+    for refusal in singles:
+        log.warning("message %s %s at the gate: %s", refusal.message_id, refusal.status, refusal.reason)
+    for remaining in groups:
+        if remaining and regroup is not None:
+            regroup(remaining, now)
+    out = {*verdicts.refused, *digests}
+    return [row for row in rows if row.id not in out]
+
+
 def _finish(engine: Engine, worker: str, outcome: _Outcome, on: Connection | None = None) -> bool:
     """Record one outcome, only if this worker still holds the lease.
 
@@ -191,6 +236,8 @@ def _finish(engine: Engine, worker: str, outcome: _Outcome, on: Connection | Non
             trail(conn, outcome.message_id, outcome.at, outcome.action, outcome.detail)
             if outcome.digest:
                 settle_members(conn, outcome.message_id, outcome.values.get("status"), outcome.at)
+            if outcome.undeliverable:
+                _mark_undeliverable(conn, outcome.message_id, outcome.undeliverable, outcome.at)
             return True
         current = conn.execute(
             select(messages.c.status, messages.c.claimed_by).where(messages.c.id == outcome.message_id)
@@ -201,6 +248,20 @@ def _finish(engine: Engine, worker: str, outcome: _Outcome, on: Connection | Non
         "message %s: lease lost before its outcome was recorded (%s)", outcome.message_id, outcome.action
     )
     return False
+
+
+def _mark_undeliverable(conn: Connection, message_id: int, reason: str, at: datetime) -> None:
+    """The message's physician, at this address, gets nothing more until a person clears it."""
+    sent_to = select(messages.c.physician_id, messages.c.recipient).where(messages.c.id == message_id)
+    found = conn.execute(sent_to).first()
+    if found is None or found.physician_id is None:
+        return
+    conn.execute(
+        update(physicians)
+        .where(physicians.c.id == found.physician_id, physicians.c.email == found.recipient.lower())
+        .values(undeliverable_on=at.date(), undeliverable_reason=reason, updated_at=at)
+    )
+    log.warning("address %s marked undeliverable: %s", found.recipient, reason)
 
 
 @functools.cache
@@ -463,7 +524,8 @@ def deliver(
     try:
         response = backend.send(msg, settings.from_addr, row.recipient, before_data=record.wait)
     except PermanentError as exc:
-        _failed(record, row, clock(), attempts, one_line(exc), one_line(exc.reply), report)
+        unknown = one_line(exc.reply) if isinstance(exc, RecipientUnknown) else None
+        _failed(record, row, clock(), attempts, one_line(exc), one_line(exc.reply), report, unknown)
         return
     except TransientError as exc:
         _transient(record, settings, row, clock(), attempts, one_line(exc), one_line(exc.reply), report)
@@ -500,14 +562,18 @@ def _describe(exc: BaseException) -> str:
     return one_line(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
 
 
-def _failed(record, row, now, attempts: int, error: str, reply: str, report: SendReport) -> None:
+def _failed(
+    record, row, now, attempts: int, error: str, reply: str, report: SendReport, undeliverable=None
+) -> None:
     values = {"status": FAILED, "attempts": attempts, "last_error": error, "smtp_response": reply or None}
 
-    def failed(_recorded: bool) -> None:
-        report.failed.append(row.id)
-        log.error("message %s failed: %s", row.id, error)
+    def failed(recorded: bool) -> None:
+        if recorded:  # else the lease was lost: the new holder reports it
+            report.failed.append(row.id)
+            log.error("message %s failed: %s", row.id, error)
 
-    record.submit(_Outcome(row.id, now, values, "failed", error, _is_digest(row)), failed)
+    outcome = _Outcome(row.id, now, values, "failed", error, _is_digest(row), undeliverable)
+    record.submit(outcome, failed)
 
 
 def _transient(record, settings, row, now, attempts: int, error: str, reply: str, report) -> None:
@@ -519,9 +585,10 @@ def _transient(record, settings, row, now, attempts: int, error: str, reply: str
     values = {"status": PENDING, "attempts": attempts, "last_error": error, "next_attempt_at": retry_at}
     detail = f"{error}; retry after {retry_at:%Y-%m-%d %H:%M:%S} UTC"
 
-    def deferred(_recorded: bool) -> None:
-        report.deferred.append(row.id)
-        log.warning("message %s deferred (attempt %d): %s", row.id, attempts, error)
+    def deferred(recorded: bool) -> None:
+        if recorded:  # else the lease was lost: the new holder reports it
+            report.deferred.append(row.id)
+            log.warning("message %s deferred (attempt %d): %s", row.id, attempts, error)
 
     record.submit(_Outcome(row.id, now, values, "deferred", detail, _is_digest(row)), deferred)
 
@@ -534,8 +601,14 @@ def send_due(
     limit: int | None = None,
     stop: threading.Event | None = None,
     worker: str | None = None,
+    regroup: Regroup | None = None,
 ) -> SendReport:
-    """Deliver due messages in batches until none is due, ``limit`` is reached or ``stop`` is set."""
+    """Deliver due messages in batches until none is due, ``limit`` is reached or ``stop`` is set.
+
+    Every message passes the gate (``screen_claimed``) after its claim and
+    before the backend sees it; ``regroup`` combines again the updates of a
+    digest the gate took apart.
+    """
     worker = worker or _default_worker()
     flush_backlog(engine, worker, clock())
     report = SendReport(released=release_expired(engine, clock()))
@@ -547,7 +620,9 @@ def send_due(
             break
         if remaining is not None:
             remaining -= len(batch)
-        if not _send_batch(engine, settings, backend, batch, worker, clock, stop, report):
+        gated = _Gated(engine, settings, worker, clock, regroup)
+        batch = gated.screen(batch)
+        if batch and not _send_batch(engine, settings, backend, batch, worker, clock, stop, report, gated):
             break
     return report
 
@@ -560,11 +635,38 @@ def _default_worker() -> str:
     return _PROCESS_WORKER.setdefault(os.getpid(), worker_name())
 
 
-def _send_batch(engine, settings, backend, batch, worker, clock, stop, report) -> bool:
+@dataclass
+class _Gated:
+    """The gate for one batch: judged when claimed, judged again when the verdict grows old."""
+
+    engine: Engine
+    settings: Settings
+    worker: str
+    clock: Clock
+    regroup: Regroup | None
+    at: datetime | None = None
+    refused: set[int] = field(default_factory=set)
+
+    def screen(self, rows: list) -> list:
+        self.at = self.clock()
+        kept = screen_claimed(self.engine, self.settings, rows, self.worker, self.at, self.regroup)
+        self.refused |= {row.id for row in rows} - {row.id for row in kept}
+        return kept
+
+    def still_allowed(self, rest: list, recorder) -> bool:
+        """Whether ``rest[0]`` may go; the rest of the batch is judged again if the verdict is old."""
+        if self.at is None or self.clock() - self.at > timedelta(seconds=GATE_FRESH_SECONDS):
+            recorder.wait()  # the recorder's writes first: one writer at a time on SQLite
+            self.screen(rest)
+        return rest[0].id not in self.refused
+
+
+def _send_batch(engine, settings, backend, batch, worker, clock, stop, report, gated=None) -> bool:
     """One connection and one recorder for the batch; False when sending must stop for now."""
     recorder = Recorder(engine, worker)
+    gated = gated or _Gated(engine, settings, worker, clock, None)
     try:
-        going = _offer_batch(engine, settings, backend, batch, worker, clock, stop, report, recorder)
+        going = _offer_batch(engine, settings, backend, batch, worker, clock, stop, report, recorder, gated)
         recorder.close()
         return going
     except DB_ERRORS:
@@ -579,7 +681,7 @@ def _send_batch(engine, settings, backend, batch, worker, clock, stop, report) -
         backend.close()
 
 
-def _offer_batch(engine, settings, backend, batch, worker, clock, stop, report, recorder) -> bool:
+def _offer_batch(engine, settings, backend, batch, worker, clock, stop, report, recorder, gated) -> bool:
     lease_until = clock() + timedelta(seconds=settings.lease_seconds)
     held = {row.id for row in batch}
     try:
@@ -594,6 +696,8 @@ def _offer_batch(engine, settings, backend, batch, worker, clock, stop, report, 
                 lease_until, held = _renew(engine, settings, worker, [r.id for r in batch[index:]], clock())
             if row.id not in held:
                 log.warning("message %s: lease lost before sending; left to its new sender", row.id)
+                continue
+            if not gated.still_allowed(batch[index:], recorder):
                 continue
             if index + 1 < len(batch):
                 upcoming = batch[index + 1]
@@ -620,11 +724,20 @@ def _rendered():
     return exists().where(message_bodies.c.message_id == messages.c.id, message_bodies.c.html != "")
 
 
-def retry_failed(engine: Engine, now: datetime, ids: list[int] | None = None) -> int:
-    """Put failed messages back in the queue with a fresh set of attempts."""
-    with store.write(engine) as conn:
-        # A message that never rendered (template error) has nothing to resend.
-        query = select(messages.c.id).where(messages.c.status == FAILED, _rendered())
+def retry_failed(
+    engine: Engine, now: datetime, ids: list[int] | None = None, settings: Settings | None = None
+) -> int:
+    """Put failed messages back in the queue with a fresh set of attempts; how many were.
+
+    A message whose template failed when it was queued has no body to send
+    again: given ``settings``, it is rendered again from its rule and records
+    with the rules and templates as they are now (see ``rerender``) and
+    queued. If any of them still fails to render, nothing at all changes.
+    """
+    from outreach.rerender import Rerenderer, store_redone
+
+    selected = messages.c.status == FAILED
+    with store.read(engine) as conn:
         if ids is not None:
             found = dict(
                 conn.execute(select(messages.c.id, messages.c.status).where(messages.c.id.in_(ids))).all()
@@ -633,20 +746,32 @@ def retry_failed(engine: Engine, now: datetime, ids: list[int] | None = None) ->
             if missing:
                 raise NotFound(f"no message with id {', '.join(map(str, missing))}")
             not_failed = [f"{i} is {found[i]}" for i in ids if found[i] != FAILED]
-            unrendered = conn.execute(
-                select(messages.c.id).where(messages.c.id.in_(ids), ~_rendered())
-            ).scalars()
-            not_failed += [f"{i} was never rendered (fix its template)" for i in unrendered]
+            if settings is None:  # nothing to render it with
+                unrendered = conn.execute(
+                    select(messages.c.id).where(messages.c.id.in_(ids), ~_rendered())
+                ).scalars()
+                not_failed += [f"{i} was never rendered (fix its template)" for i in unrendered]
             if not_failed:
                 raise NotFound(f"only failed messages can be retried: {', '.join(not_failed)}")
-            query = query.where(messages.c.id.in_(ids))
-        retry_ids = [row.id for row in conn.execute(query)]
-        if retry_ids:
-            conn.execute(
-                update(messages)
-                .where(messages.c.id.in_(retry_ids))
-                .values(status=PENDING, attempts=0, next_attempt_at=now, updated_at=now)
+            selected = selected & messages.c.id.in_(ids)
+        rows = conn.execute(select(messages.c.id, _rendered().label("rendered")).where(selected)).all()
+        again = [row.id for row in rows if not row.rendered]
+        redone = Rerenderer.load(settings).render(conn, again, now) if again and settings else []
+    with store.write(engine) as conn:
+        done = 0
+        for chunk in store.chunks([row.id for row in rows if row.rendered]):
+            retry_ids = list(
+                conn.execute(
+                    select(messages.c.id).where(messages.c.id.in_(chunk), messages.c.status == FAILED)
+                ).scalars()
             )
-            for message_id in retry_ids:
-                trail(conn, message_id, now, "retried", "queued again by a person")
-    return len(retry_ids)
+            if retry_ids:
+                conn.execute(
+                    update(messages)
+                    .where(messages.c.id.in_(retry_ids))
+                    .values(status=PENDING, attempts=0, next_attempt_at=now, updated_at=now)
+                )
+                trail_many(conn, now, [(i, "retried", "queued again by a person") for i in retry_ids])
+            done += len(retry_ids)
+        done += store_redone(conn, redone, now)
+    return done

@@ -63,6 +63,14 @@ class PermanentError(DeliveryError):
     """This message will never be accepted as it is: 5xx reply."""
 
 
+class RecipientUnknown(PermanentError):
+    """The server says the recipient's mailbox does not exist (5.1.x at RCPT).
+
+    The address is marked undeliverable: nothing more is sent to it until a
+    person clears the mark or the physician's address changes.
+    """
+
+
 class BatchAbort(DeliveryError):
     """Nothing can be sent now (authentication, TLS, server down): stop the batch.
 

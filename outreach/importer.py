@@ -4,6 +4,10 @@ All or nothing: every row is checked first and every bad row is reported
 with its line number; only a clean file (or ``skip_invalid``) writes, and it
 writes in one transaction. Re-importing updates physicians by email and
 clients by ref; events and measures already on record are left as they are.
+A client's status comes from the file only for a new client: after that,
+milestones decide it (a re-import never reopens a discharged client).
+A free-text cell (a note, a diagnosis) holds at most ``TEXT_LIMIT``
+characters; a longer one is a bad row like any other.
 """
 
 from __future__ import annotations
@@ -96,6 +100,18 @@ SPECS = {
 }
 
 
+# A free-text cell (note, diagnosis, precautions, goals, plan) holds at most this many
+# characters: a clinical note is a few hundred; 64 K is a pasted document.
+TEXT_LIMIT = 64 * 1024
+# The csv module refuses a cell over 128 K characters, and with it the whole file;
+# read up to this much, so a longer note is one bad row that --skip-invalid can skip.
+FIELD_LIMIT = 16 * 1024 * 1024
+
+# What a repeated row repeats, in the user's words (see ``_Checker.once``).
+SAME_PHYSICIAN, SAME_CLIENT = "same email", "same ref"
+SAME_EVENT, SAME_MEASURE = "same client, kind and time", "same client, instrument and day"
+
+
 class RowError(ValueError):
     """One problem with one row; the message names the column."""
 
@@ -183,12 +199,14 @@ def read_rows(path: Path, spec: Spec) -> tuple[list[tuple[int, dict]], list[str]
     except OSError as exc:
         raise OutreachError(f"{path}: cannot open: {exc.strerror}") from None
     rows, problems = [], []
+    limit, start = csv.field_size_limit(FIELD_LIMIT), 1
     with handle:
         reader = csv.reader(handle)
         try:
             header = next(reader, None)
             if not header or not any(h.strip() for h in header):
                 raise OutreachError(f"{path}: the file is empty (expected a header row)")
+            separator_hint(path, header)
             header = [h.strip().lower() for h in header]
             missing = [c for c in spec.required if c not in header]
             unknown = [c for c in header if c not in spec.columns]
@@ -216,10 +234,28 @@ def read_rows(path: Path, spec: Spec) -> tuple[list[tuple[int, dict]], list[str]
                 values += [""] * (len(header) - len(values))
                 rows.append((start, dict(zip(header, values, strict=True))))
         except csv.Error as exc:
+            if "field limit" in str(exc):
+                raise OutreachError(
+                    f"{path}:{start}: a cell is longer than {FIELD_LIMIT:,} characters "
+                    f"(a note may have {TEXT_LIMIT:,})"
+                ) from None
             raise OutreachError(f"{path}:{reader.line_num}: not readable as CSV: {exc}") from None
         except UnicodeDecodeError:
             raise OutreachError(f"{path}: not UTF-8 text (save the spreadsheet as CSV UTF-8)") from None
+        finally:
+            csv.field_size_limit(limit)
     return rows, problems
+
+
+def separator_hint(path: Path, header: list[str]) -> None:
+    """A spreadsheet saved with ';' or tabs between columns: say so, instead of 'unknown column'."""
+    if len(header) != 1:
+        return
+    for separator, name in ((";", "';'"), ("\t", "tabs")):
+        if separator in header[0]:
+            raise OutreachError(
+                f"{path}: the header has no comma; is it separated by {name}? Save it as comma-separated CSV"
+            )
 
 
 def import_file(
@@ -234,6 +270,7 @@ def import_file(
         checker = _CHECKERS[kind](conn, settings, now)
         good = []
         for line, raw in rows:
+            checker.line = line
             missing = [c for c in spec.required if not raw.get(c, "").strip()]
             try:
                 if missing:
@@ -253,15 +290,18 @@ def import_file(
 
 
 def fits(table, values: dict) -> None:
-    """Refuse what the database cannot hold: NUL characters, text longer than its column."""
+    """Refuse what the database cannot hold: NUL characters, text longer than its column.
+
+    Free text (a ``Text`` column) is held to ``TEXT_LIMIT``.
+    """
     for column, value in values.items():
         if not isinstance(value, str):
             continue
         if "\x00" in value:
             raise RowError(f"{column}: contains a NUL character")
-        limit = getattr(table.c[column].type, "length", None)
-        if limit and len(value) > limit:
-            raise RowError(f"{column}: longer than {limit} characters")
+        limit = getattr(table.c[column].type, "length", None) or TEXT_LIMIT
+        if len(value) > limit:
+            raise RowError(f"{column}: {len(value):,} characters, more than the limit of {limit:,}")
 
 
 class _Checker:
@@ -269,12 +309,14 @@ class _Checker:
 
     def __init__(self, conn: Connection, settings: Settings, now: datetime):
         self.conn, self.settings, self.now = conn, settings, now
-        self.seen: set = set()
+        self.seen: dict[object, int] = {}  # key -> the line it was first seen on
+        self.line = 0  # the line being checked
 
-    def once(self, key: object, column: str) -> None:
-        if key in self.seen:
-            raise RowError(f"{column}: {key!r} appears twice in this file")
-        self.seen.add(key)
+    def once(self, key: object, same: str) -> None:
+        """Refuse a second row for the same thing, naming the first by its line (not by ids)."""
+        first = self.seen.setdefault(key, self.line)
+        if first != self.line:
+            raise RowError(f"duplicate of line {first} ({same})")
 
     def client_id(self, ref: str) -> int:
         found = self.conn.execute(select(clients.c.id).where(clients.c.ref == ref.strip())).scalar()
@@ -288,7 +330,7 @@ class _Physicians(_Checker):
 
     def check(self, raw: dict) -> dict:
         values = {"email": parse_email(raw["email"])}
-        self.once(values["email"], "email")
+        self.once(values["email"], SAME_PHYSICIAN)
         for column in ("name", "credentials", "specialty", "clinic", "phone", "fax"):
             if column in raw:
                 values[column] = single_line(raw[column], column)
@@ -324,7 +366,7 @@ class _Clients(_Checker):
 
     def check(self, raw: dict) -> dict:
         values = {"ref": single_line(raw["ref"], "ref")}
-        self.once(values["ref"], "ref")
+        self.once(values["ref"], SAME_CLIENT)
         for column in ("first_name", "last_name"):
             values[column] = single_line(raw[column], column)
         email = parse_email(raw["physician_email"], "physician_email")
@@ -349,7 +391,8 @@ class _Clients(_Checker):
         return values
 
     def write(self, values: dict) -> str:
-        return upsert(self.conn, clients, "ref", values, self.now)
+        # Milestones decide an existing client's status (a discharge stays a discharge).
+        return upsert(self.conn, clients, "ref", values, self.now, insert_only=("status",))
 
 
 class _Events(_Checker):
@@ -360,7 +403,7 @@ class _Events(_Checker):
         kind = parse_event_kind(raw["kind"])
         at = parse_datetime(raw["occurred_at"], "occurred_at", self.settings.tz)
         not_in_future(at, self.now, "occurred_at")
-        self.once((client_id, kind, at), "occurred_at")
+        self.once((client_id, kind, at), SAME_EVENT)
         return {"client_id": client_id, "kind": kind, "occurred_at": at, "note": raw.get("note", "").strip()}
 
     def write(self, values: dict) -> str:
@@ -375,7 +418,7 @@ class _Measures(_Checker):
         code, score = parse_score(raw["score"], raw["instrument"])
         day = parse_date(raw["measured_at"], "measured_at")
         not_in_future(day, self.now, "measured_at")
-        self.once((client_id, code, day), "measured_at")
+        self.once((client_id, code, day), SAME_MEASURE)
         return {"client_id": client_id, "instrument": code, "score": score, "measured_on": day}
 
     def write(self, values: dict) -> str:
@@ -393,12 +436,15 @@ _CHECKERS: dict[str, Callable[..., _Checker]] = {
 # --- writing -------------------------------------------------------------------------
 
 
-def upsert(conn: Connection, table, key: str, values: dict, now: datetime) -> str:
+def upsert(
+    conn: Connection, table, key: str, values: dict, now: datetime, insert_only: tuple[str, ...] = ()
+) -> str:
+    """Insert the row, or update the one with the same ``key``; ``insert_only`` columns only start a row."""
     existing = conn.execute(select(table).where(table.c[key] == values[key])).first()
     if existing is None:
         conn.execute(table.insert().values(created_at=now, updated_at=now, **values))
         return "created"
-    changed = {k: v for k, v in values.items() if getattr(existing, k) != v}
+    changed = {k: v for k, v in values.items() if k not in insert_only and getattr(existing, k) != v}
     if not changed:
         return "unchanged"
     conn.execute(update(table).where(table.c.id == existing.id).values(updated_at=now, **changed))

@@ -18,6 +18,7 @@ from datetime import UTC, date, datetime, time, timedelta
 
 from sqlalchemy import Connection, func, select
 
+from outreach.consent import row_consent_problem
 from outreach.models import FAILED, PENDING, SENDING, SENT, SUPPRESSED, clients, events, messages, physicians
 from outreach.settings import Settings
 
@@ -144,8 +145,9 @@ def _judge(person, name: str, sent: list, due: datetime, now: datetime, settings
         loop.state, loop.message_id = "blocked", m.id
         loop.detail = f"{why}: {m.last_error or 'no reason recorded'} (message {m.id})"
         return loop
-    if not waiting and name != "referral acknowledged" and person.consent_date is None:
-        loop.state, loop.detail = "blocked", "no consent to share health information on record"
+    consent = row_consent_problem(person, now.astimezone(settings.tz).date())
+    if not waiting and name != "referral acknowledged" and consent:
+        loop.state, loop.detail = "blocked", consent
         return loop
     if now > due:
         loop.state = "overdue"

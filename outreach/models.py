@@ -11,6 +11,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from sqlalchemy import (
+    Boolean,
     Column,
     Date,
     DateTime,
@@ -112,6 +113,9 @@ physicians = Table(
     Column("opted_out_on", Date, nullable=True),
     Column("send_window", String(100), nullable=True),  # e.g. "Mon-Fri 08:00-17:00"
     Column("weekly_cap", Integer, nullable=True),
+    # Refused as nonexistent by a mail server (SMTP 5.1.x): nothing more goes there until cleared.
+    Column("undeliverable_on", Date, nullable=True),
+    Column("undeliverable_reason", Text, nullable=True),
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
 )
@@ -179,6 +183,8 @@ messages = Table(
     Column("priority", SmallInteger, nullable=False, default=PRIORITY_NORMAL),
     Column("kind", String(20), nullable=False, default="clinical"),  # or relationship, digest
     Column("digest_id", Integer, ForeignKey("messages.id"), nullable=True, index=True),
+    # The rule required the client's consent: the gate checks it again before sending.
+    Column("needs_consent", Boolean, nullable=False, default=True),
     Column("status", String(20), nullable=False),
     Column("not_before", UTCDateTime, nullable=True),
     Column("attempts", Integer, nullable=False, default=0),

@@ -19,7 +19,8 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy import Connection, Engine, String, cast, exists, func, literal, select, update
 
-from outreach import store
+from outreach import gate, store
+from outreach.consent import consent_in_effect, row_consent_problem
 from outreach.context import (
     MIN_COHORT,
     SESSION_KINDS,
@@ -29,7 +30,7 @@ from outreach.context import (
     message_context,
     physician_context,
 )
-from outreach.digest import BatchReport, batch
+from outreach.digest import BatchReport, batch, regroup
 from outreach.errors import RenderError
 from outreach.models import (
     CANCELLED,
@@ -133,19 +134,6 @@ def _recipient_name(row) -> str:
     return f"{row.physician_name}, {row.credentials}" if row.credentials else row.physician_name
 
 
-def _consent_problem(row, today: date) -> str | None:
-    """Why health information about this client may not be shared today, or None."""
-    if row.consent_revoked_on is not None and row.consent_revoked_on <= today:
-        return f"consent revoked on {row.consent_revoked_on}"
-    if row.consent_date is None:
-        return "no consent to share health information on record"
-    if row.consent_date > today:
-        return f"consent is recorded from {row.consent_date}, not yet in effect"
-    if row.consent_expires is not None and row.consent_expires < today:
-        return f"consent expired on {row.consent_expires}"
-    return None
-
-
 def _due_on_event(conn: Connection, rule: Rule, now: datetime) -> list[Draft]:
     key = literal(f"{rule.name}:event:") + cast(events.c.id, String)
     newest = now - rule.delay
@@ -181,7 +169,7 @@ def _due_on_event(conn: Connection, rule: Rule, now: datetime) -> list[Draft]:
             client_id=row.client_id,
             client_ref=row.ref,
             event_id=row.event_id,
-            suppress_reason=_consent_problem(row, today) if rule.consent_required else None,
+            suppress_reason=row_consent_problem(row, today) if rule.consent_required else None,
         )
         for row in found
     ]
@@ -252,7 +240,7 @@ def _due_recurring_client(conn: Connection, rule: Rule, settings: Settings, now:
             **_recipient(row),
             client_id=row.client_id,
             client_ref=row.ref,
-            suppress_reason=_consent_problem(row, today) if rule.consent_required else None,
+            suppress_reason=row_consent_problem(row, today) if rule.consent_required else None,
         )
         for key, row in new
     ]
@@ -347,6 +335,7 @@ def plan(
     """Queue every due email, rendered; record why any is suppressed or failed."""
     report = PlanReport()
     report.cancelled = cancel_for_discharged(engine, rules, now)
+    report.cancelled += replan_moved(engine, settings, rules, renderer, now)
     report.consent_suppressed, report.revived = reconsider_consent(engine, settings, rules, renderer, now)
     # Event rules first: a recurring report is not due when the same template
     # was just queued for a milestone (a reassessment report resets the clock).
@@ -460,6 +449,7 @@ def _message_row(
         "html": rendered.html,
         "text": rendered.text,
         "kind": draft.rule.kind,
+        "needs_consent": draft.client_id is not None and draft.rule.consent_required,
         "priority": draft.rule.priority,
         "status": status,
         "attempts": 0,
@@ -510,6 +500,40 @@ def cancel_for_discharged(engine: Engine, rules: list[Rule], now: datetime) -> i
             [{"message_id": i, "at": now, "action": "cancelled", "detail": "client discharged"} for i in ids],
         )
     return len(ids)
+
+
+def replan_moved(
+    engine: Engine, settings: Settings, rules: list[Rule], renderer: Renderer, now: datetime
+) -> int:
+    """Queued mail about a client now referred to another physician: cancelled, and planned afresh.
+
+    The cancelled message gives up its dedupe key, so the rules queue what is
+    still due for the new physician in this same pass. A waiting digest that
+    carries such an update is taken apart and its other updates combined
+    again (the gate does the same for a digest being sent).
+    """
+    moved = (messages.c.status == PENDING) & (clients.c.physician_id != messages.c.physician_id)
+    query = select(messages.c.id, messages.c.digest_id).select_from(messages.join(clients)).where(moved)
+    with store.read(engine) as conn:
+        if not conn.execute(query.limit(1)).first():
+            return 0
+    today = now.astimezone(settings.tz).date()
+    with store.write(engine) as conn:
+        found = conn.execute(query).all()
+        singles = [row.id for row in found if row.digest_id is None]
+        verdicts = gate.screen(conn, singles, today)
+        done = gate.refuse(conn, [r for r in verdicts.refused.values() if r.replan], now)
+        digest_ids = sorted({row.digest_id for row in found if row.digest_id is not None})
+        verdicts = gate.screen(conn, digest_ids, today)
+        groups = [gate.take_apart(conn, digest_id, verdicts, now) for digest_id in digest_ids]
+    for remaining in groups:
+        if remaining:
+            regroup(engine, settings, renderer, rules, remaining, now)
+    members = [r for d in digest_ids for r in verdicts.members.get(d, {}).values() if r.replan]
+    cancelled = len(done) + len(members)
+    if cancelled:
+        log.info("%d queued update(s) cancelled: the client moved to another physician", cancelled)
+    return cancelled
 
 
 # --- preview -------------------------------------------------------------------
@@ -572,7 +596,7 @@ def reconsider_consent(
         return 0, 0
     today = now.astimezone(settings.tz).date()
     oldest = now - max(rule.max_age for rule in by_name.values())
-    consenting = _consent_in_effect(today)
+    consenting = consent_in_effect(today)
     about_client = messages.c.rule.in_(list(by_name)) & messages.c.digest_id.is_(None)
     # Only the messages whose consent changed come back: the steady tick reads
     # (almost) nothing, not the whole log.
@@ -590,22 +614,12 @@ def reconsider_consent(
         ]
     suppressed = revived = 0
     for row in rows:
-        problem = _consent_problem(row, today)
+        problem = row_consent_problem(row, today)
         if row.status == PENDING and problem:
             suppressed += _set_status(engine, row.id, PENDING, SUPPRESSED, now, f"{problem}: not sent")
         elif row.status == SUPPRESSED and not problem and now - row.created_at <= by_name[row.rule].max_age:
             revived += _revive(engine, settings, renderer, by_name[row.rule], row, now)
     return suppressed, revived
-
-
-def _consent_in_effect(today: date):
-    """SQL for "this client's consent is on record and in effect today" (see ``_consent_problem``)."""
-    return (
-        clients.c.consent_date.is_not(None)
-        & (clients.c.consent_date <= today)
-        & (clients.c.consent_expires.is_(None) | (clients.c.consent_expires >= today))
-        & (clients.c.consent_revoked_on.is_(None) | (clients.c.consent_revoked_on > today))
-    )
 
 
 def _consent_query():

@@ -252,6 +252,8 @@ class Renderer:
             return self.env.get_template(name).render(context)
         except jinja2.TemplateNotFound as exc:
             raise RenderError(f"template {template}: {exc.name} not found") from None
+        except UnicodeDecodeError as exc:  # read from disk (not a snapshot): say which file, where
+            raise RenderError(not_utf8(self.templates_dir / name, exc)) from None
         except jinja2.UndefinedError as exc:
             raise RenderError(f"template {name}: {exc.message}") from None
         except jinja2.TemplateSyntaxError as exc:
@@ -266,6 +268,76 @@ class Renderer:
             for p in self.templates_dir.iterdir()
             if p.is_dir() and all((p / part).is_file() for part in TEMPLATE_PARTS)
         )
+
+
+TEMPLATE_SUFFIXES = (".html", ".txt")  # what Jinja loads as a template here: must be UTF-8 text
+
+
+def not_utf8(path: Path, exc: UnicodeDecodeError) -> str:
+    """One line naming the file and the first byte that is not UTF-8."""
+    byte = exc.object[exc.start : exc.start + 1].hex()
+    return f"{path}: not valid UTF-8 text (byte 0x{byte} at offset {exc.start})"
+
+
+def read_sources(root: Path) -> tuple[dict[str, str], list[str]]:
+    """Every template file under ``root``, read strictly as UTF-8; and one line per file that is not.
+
+    A template with a stray byte must be refused where a person sees it
+    (``outreach check``, the service's start or reload), not skipped and
+    found missing when an urgent alert is rendered. Hidden files are
+    ignored; a file of another kind is loaded when it is text (something
+    may include it) and left out otherwise (an image, say).
+    """
+    root = Path(root)
+    sources: dict[str, str] = {}
+    problems: list[str] = []
+    for path in sorted(root.rglob("*")):
+        name = path.relative_to(root).as_posix()
+        if not path.is_file() or any(part.startswith(".") for part in name.split("/")):
+            continue
+        try:
+            sources[name] = path.read_bytes().decode("utf-8")
+        except UnicodeDecodeError as exc:
+            if path.suffix in TEMPLATE_SUFFIXES:
+                problems.append(not_utf8(path, exc))
+        except OSError as exc:
+            problems.append(f"{path}: cannot read: {exc.strerror or exc}")
+    return sources, problems
+
+
+def snapshot(root: Path, sources: dict[str, str]) -> Renderer:
+    """A renderer that reads ``sources`` (as ``read_sources`` gives them), never the disk."""
+    renderer = Renderer(root)
+    renderer.env.loader = jinja2.DictLoader(sources)
+    return renderer
+
+
+def compile_problems(renderer: Renderer, names: list[str]) -> list[str]:
+    """``file:line: message`` for each named template that does not compile."""
+    problems = []
+    for name in names:
+        try:
+            renderer.env.get_template(name)
+        except jinja2.TemplateSyntaxError as exc:
+            problems.append(f"{renderer.templates_dir / (exc.name or name)}:{exc.lineno}: {exc.message}")
+    return problems
+
+
+def load_renderer(templates_dir: Path) -> Renderer:
+    """A renderer over a snapshot of the template files, every one of them read and compiled.
+
+    Jinja would otherwise re-read a file changed on disk at the next render,
+    valid or not; the snapshot changes only through a validated reload.
+    Raises ``RenderError`` with one line per file that is not UTF-8 or does
+    not compile.
+    """
+    root = Path(templates_dir)
+    sources, problems = read_sources(root)
+    renderer = snapshot(root, sources)
+    problems += compile_problems(renderer, [name for name in sources if name.endswith(TEMPLATE_SUFFIXES)])
+    if problems:
+        raise RenderError("\n".join(problems))
+    return renderer
 
 
 def _tidy_text(text: str) -> str:

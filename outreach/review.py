@@ -11,10 +11,10 @@ import io
 import json
 from datetime import date, datetime, time
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, case, select
 
 from outreach.errors import NotFound
-from outreach.models import MESSAGE_STATUSES, clients, message_events, messages, physicians
+from outreach.models import MESSAGE_STATUSES, SENT, clients, message_events, messages, physicians
 
 LOG_FIELDS = (
     "id",
@@ -30,11 +30,25 @@ LOG_FIELDS = (
     "attempts",
     "last_error",
     "message_id",
+    "sent_message_id",
     "priority",
     "next_attempt_at",
     "smtp_response",
     "digest_id",
 )
+
+
+# The digest that carried an update: its Message-ID is the one the physician received.
+_DIGEST = messages.alias("digest")
+
+
+def _sent_message_id():
+    """The Message-ID that actually went out for this entry, or NULL while nothing has."""
+    return case(
+        (messages.c.digest_id.is_not(None) & (_DIGEST.c.status == SENT), _DIGEST.c.message_id),
+        (messages.c.digest_id.is_(None) & (messages.c.status == SENT), messages.c.message_id),
+        else_=None,
+    )
 
 
 def _log_query():
@@ -52,13 +66,14 @@ def _log_query():
         messages.c.attempts,
         messages.c.last_error,
         messages.c.message_id,
+        _sent_message_id().label("sent_message_id"),
         messages.c.priority,
         messages.c.next_attempt_at,
         messages.c.smtp_response,
         messages.c.digest_id,
     ).select_from(messages.outerjoin(clients, clients.c.id == messages.c.client_id).outerjoin(
         physicians, physicians.c.id == messages.c.physician_id
-    ))  # fmt: skip
+    ).outerjoin(_DIGEST, _DIGEST.c.id == messages.c.digest_id))  # fmt: skip
 
 
 def list_messages(
@@ -112,11 +127,14 @@ def format_json(rows: list[dict]) -> str:
 
 
 def format_csv(rows: list[dict]) -> str:
+    """The log as CSV; text that a spreadsheet would run as a formula is quoted (``csvsafe``)."""
+    from outreach.csvsafe import safe_cell
+
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=LOG_FIELDS, lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow({k: _plain(v) if v is not None else "" for k, v in row.items()})
+        writer.writerow({k: safe_cell(_plain(v)) if v is not None else "" for k, v in row.items()})
     return out.getvalue().rstrip("\n")
 
 
@@ -154,6 +172,18 @@ def _clip(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
+def _message_id_line(conn: Connection, row) -> str:
+    """The Message-ID the physician received: a digest's, for an update that travelled in one."""
+    if row.digest_id is None:
+        return row.message_id
+    digest = conn.execute(
+        select(messages.c.message_id, messages.c.status).where(messages.c.id == row.digest_id)
+    ).one()
+    if digest.status == SENT:
+        return f"{digest.message_id} (sent inside digest {row.digest_id})"
+    return f"none yet (to be sent inside digest {row.digest_id})"
+
+
 def show_message(conn: Connection, message_id: int, tz) -> str:
     """One message whole: headers, the text part, and its attempt trail."""
     from outreach.outbox import with_body  # only here: ``outreach log`` itself starts faster
@@ -176,7 +206,7 @@ def show_message(conn: Connection, message_id: int, tz) -> str:
         f"Rule:        {row.rule} (template {row.template})",
         f"To:          {row.recipient_name} <{row.recipient}>",
         f"Subject:     {row.subject}",
-        f"Message-ID:  {row.message_id}",
+        f"Message-ID:  {_message_id_line(conn, row)}",
         f"Client:      {ref or '-'}",
         f"Priority:    {'urgent' if row.priority > 0 else 'normal'}",
         f"Queued:      {when(row.created_at)}",

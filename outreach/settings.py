@@ -35,9 +35,40 @@ def address_problem(value: str) -> str | None:
     """
     if not EMAIL_RE.match(value):
         return f"{value!r} is not an email address"
+    if value[0] in "=+-":  # legal, but a spreadsheet would run it as a formula (see csvsafe)
+        return f"{value!r} begins with {value[0]!r}, which a spreadsheet runs as a formula"
     if not value.isascii():
         return f"{value!r} is not a plain ASCII address; SMTP cannot deliver it as written"
     return None
+
+
+def parse_mailbox(value: str) -> tuple[str, str]:
+    """``address`` or ``Display Name <address>``, as mail clients write it: (name, address).
+
+    Raises ValueError saying what is wrong. The address must pass
+    ``address_problem``; a name with a comma must be quoted, or it reads as two addresses.
+    """
+    if "<" not in value:
+        problem = address_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return "", value
+    from email.errors import InvalidHeaderDefect
+    from email.headerregistry import HeaderRegistry
+
+    header = HeaderRegistry()("From", value)
+    if len(header.addresses) > 1:
+        raise ValueError(f"{value!r} is more than one address (put a name with a comma in double quotes)")
+    not_one = f"{value!r} is not an address or one 'Name <address>'"
+    if not header.addresses or header.groups[0].display_name is not None:
+        raise ValueError(not_one)
+    [mailbox] = header.addresses
+    problem = address_problem(mailbox.addr_spec)
+    if problem:
+        raise ValueError(problem)
+    if any(isinstance(defect, InvalidHeaderDefect) for defect in header.defects):
+        raise ValueError(not_one)
+    return mailbox.display_name, mailbox.addr_spec
 
 
 # The checkout this package lives in (the benchmark and tests read it).
@@ -84,7 +115,8 @@ class Settings:
     smtp_timeout: float = 30.0
     smtp_ca_file: Path | None = None
     smtp_allow_insecure: bool = False
-    from_addr: str = "updates@practice.example"
+    from_addr: str = "updates@practice.example"  # the bare address: SMTP envelope, Message-ID domain
+    from_name: str = ""  # the name in OUTREACH_FROM="Name <address>"; else sender and practice
     reply_to: str = ""
     practice_name: str = "Demo Post-Rehab Practice"
     practice_address: str = "1 Example Street, Springfield"
@@ -130,9 +162,9 @@ class Settings:
             smtp_password=Secret(env.get("OUTREACH_SMTP_PASSWORD", "")),
             smtp_security=reader.choice("SMTP_SECURITY", cls.smtp_security, SECURITY_MODES),
             smtp_timeout=reader.number("SMTP_TIMEOUT", cls.smtp_timeout),
-            smtp_ca_file=reader.optional_file("SMTP_CA_FILE"),
+            smtp_ca_file=reader.ca_file("SMTP_CA_FILE"),
             smtp_allow_insecure=reader.boolean("SMTP_ALLOW_INSECURE", False),
-            from_addr=reader.email("FROM", cls.from_addr),
+            **reader.sender("FROM", cls.from_addr),
             reply_to=reader.email("REPLY_TO", "", required=False),
             practice_name=reader.text("PRACTICE_NAME", cls.practice_name),
             practice_address=reader.text("PRACTICE_ADDRESS", cls.practice_address),
@@ -252,6 +284,19 @@ class _Reader:
             raise self.fail(key, problem)
         return value
 
+    def sender(self, key: str, default: str) -> dict[str, str]:
+        """``from_addr`` (the bare address) and ``from_name`` from ``address`` or ``Name <address>``."""
+        value = self.raw(key)
+        if value is None:
+            return {"from_addr": default, "from_name": ""}
+        if any(ch in value for ch in "\r\n"):
+            raise self.fail(key, "must be a single line")
+        try:
+            name, address = parse_mailbox(value)
+        except ValueError as exc:
+            raise self.fail(key, str(exc)) from None
+        return {"from_addr": address, "from_name": name}
+
     def timezone(self, key: str, default: str) -> str:
         value = self.raw(key)
         if value is None:
@@ -288,4 +333,19 @@ class _Reader:
         path = Path(value)
         if not path.is_file():
             raise self.fail(key, f"file {value!r} does not exist")
+        return path
+
+    def ca_file(self, key: str) -> Path | None:
+        """A file of PEM certificates, loaded now as sending will load it: junk fails here, not at send."""
+        path = self.optional_file(key)
+        if path is None:
+            return None
+        import ssl  # here: only a deployment that names a CA file pays for it
+
+        try:
+            ssl.create_default_context(cafile=str(path))
+        except ssl.SSLError:
+            raise self.fail(key, f"{str(path)!r} holds no PEM certificate") from None
+        except OSError as exc:
+            raise self.fail(key, f"cannot read {str(path)!r}: {exc.strerror}") from None
         return path

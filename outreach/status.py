@@ -3,7 +3,12 @@
 Each running service writes a heartbeat row (``workers``) every tick, with
 the last error it met and when a send pass last succeeded. ``outreach
 status`` reads them with the queue, and exits 1 when a monitor should page
-someone: no recent heartbeat, or delivery failing since its last success.
+someone: no recent heartbeat, delivery failing since its last success, or
+messages of the last days that could not be rendered (their template broke).
+
+A worker that has not beaten for two ticks (and at least 30 s) without
+saying it stopped is stale: killed, hung or cut off from the database. It
+is listed as such and no longer counts as running.
 """
 
 from __future__ import annotations
@@ -15,9 +20,12 @@ from sqlalchemy import Connection, Engine, func, select, update
 
 from outreach import store
 from outreach.models import MESSAGE_STATUSES, PENDING, messages, workers
+from outreach.rerender import FIX_HINT, never_rendered
 
-STALE_AFTER_TICKS = 3
-MIN_STALE = timedelta(minutes=3)
+STALE_AFTER_TICKS = 2
+MIN_STALE = timedelta(seconds=30)
+SHOW_STALE_FOR = timedelta(days=1)  # a worker killed longer ago than this is history, not news
+RENDER_FAILURES_FOR = timedelta(days=7)  # an older message that could not be rendered no longer pages
 
 
 def _upsert(engine: Engine, name: str, now: datetime, **values) -> None:
@@ -68,6 +76,7 @@ class Health:
     oldest_pending: object | None
     last_error: str | None
     last_error_at: datetime | None
+    stale: list[str] = field(default_factory=list)  # "name (last heartbeat 45 s ago)"
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -80,6 +89,7 @@ def health(conn: Connection, now: datetime, tick_seconds: int) -> Health:
     rows = conn.execute(select(workers).order_by(workers.c.heartbeat_at.desc())).all()
     stale_after = max(MIN_STALE, timedelta(seconds=STALE_AFTER_TICKS * tick_seconds))
     running = [r for r in rows if r.stopped_at is None and now - r.heartbeat_at <= stale_after]
+    stale = [r for r in rows if r.stopped_at is None and stale_after < now - r.heartbeat_at <= SHOW_STALE_FOR]
     counts = dict(conn.execute(select(messages.c.status, func.count()).group_by(messages.c.status)).all())
     oldest = conn.execute(
         select(messages.c.id, messages.c.created_at, messages.c.next_attempt_at, messages.c.last_error)
@@ -97,6 +107,7 @@ def health(conn: Connection, now: datetime, tick_seconds: int) -> Health:
         oldest_pending=oldest,
         last_error=latest.last_error if latest else None,
         last_error_at=latest.last_error_at if latest else None,
+        stale=[f"{r.name} (last heartbeat {_ago(now - r.heartbeat_at)} ago)" for r in stale],
     )
     if not rows:
         result.problems.append("the service has never run (no heartbeat)")
@@ -112,11 +123,36 @@ def health(conn: Connection, now: datetime, tick_seconds: int) -> Health:
     if failing:
         r = failing[0]
         result.problems.append(f"delivery failing since {r.last_error_at:%Y-%m-%d %H:%M} UTC: {r.last_error}")
+    unrendered = render_failures(conn, now - RENDER_FAILURES_FOR)
+    if unrendered:
+        result.problems.append(unrendered)
     return result
 
 
+def render_failures(conn: Connection, since: datetime) -> str | None:
+    """Messages queued since ``since`` whose template failed, with the latest error; None if none.
+
+    They wait for a person (``outreach retry``): an urgent alert among them
+    reaches nobody until then.
+    """
+    recent = never_rendered() & (messages.c.created_at >= since)
+    count = conn.execute(select(func.count()).select_from(messages).where(recent)).scalar()
+    if not count:
+        return None
+    error = conn.execute(
+        select(messages.c.last_error)
+        .where(recent)
+        .order_by(messages.c.created_at.desc(), messages.c.id.desc())
+    ).scalar()
+    error = "; ".join((error or "no error recorded").splitlines())
+    return f"{count} message(s) could not be rendered: {error}; {FIX_HINT}"
+
+
 def _ago(delta: timedelta) -> str:
-    minutes = int(delta.total_seconds() // 60)
+    seconds = int(delta.total_seconds())
+    if seconds < 120:
+        return f"{seconds} s"
+    minutes = seconds // 60
     if minutes < 120:
         return f"{minutes} min"
     return f"{minutes // 60} h" if minutes < 2880 else f"{minutes // 1440} days"
@@ -131,8 +167,10 @@ def format_health(h: Health, tz) -> str:
         f"status:          {'OK' if h.ok else 'PROBLEM'}",
         f"last heartbeat:  {when(h.last_heartbeat)}",
         f"running:         {', '.join(h.running) or 'none'}",
-        f"queue:           {queue}",
     ]
+    if h.stale:
+        lines.append(f"stale:           {', '.join(h.stale)} (not stopped cleanly: killed or hung?)")
+    lines.append(f"queue:           {queue}")
     if h.oldest_pending is not None:
         o = h.oldest_pending
         waiting = f"message {o.id}, queued {when(o.created_at)}, next try {when(o.next_attempt_at)}"

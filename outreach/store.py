@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -17,7 +18,14 @@ from typing import TYPE_CHECKING, TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DataError, DBAPIError, InterfaceError, OperationalError, StatementError
+from sqlalchemy.exc import (
+    DataError,
+    DBAPIError,
+    InterfaceError,
+    NoSuchModuleError,
+    OperationalError,
+    StatementError,
+)
 
 from outreach.errors import DatabaseError, SettingsError
 
@@ -50,12 +58,31 @@ def busy_seconds(env: Mapping[str, str] | None = None) -> float:
     return seconds
 
 
+URL_KEY = "OUTREACH_DATABASE_URL"
+
+
 def connect(url: str, busy: float | None = None) -> Engine:
-    """An engine for the URL; SQLite gets WAL, foreign keys and immediate writes."""
+    """An engine for the URL; SQLite gets WAL, foreign keys and immediate writes.
+
+    A driver that is not installed, or a SQLite file that cannot be created,
+    is one line naming ``OUTREACH_DATABASE_URL`` (``SettingsError``).
+    """
     parsed = make_url(url)
-    if parsed.get_backend_name() == "sqlite":
-        return _sqlite_engine(parsed, busy_seconds() if busy is None else busy)
-    return create_engine(parsed, pool_pre_ping=True)
+    try:
+        if parsed.get_backend_name() == "sqlite":
+            return _sqlite_engine(parsed, busy_seconds() if busy is None else busy)
+        return create_engine(parsed, pool_pre_ping=True)
+    except (ModuleNotFoundError, NoSuchModuleError) as exc:
+        raise SettingsError(_missing_driver(parsed, exc)) from None
+
+
+def _missing_driver(url, exc: Exception) -> str:
+    name = getattr(exc, "name", None) or url.get_driver_name()
+    if url.get_backend_name() == "postgresql":
+        fix = "use postgresql+psycopg:// (installed with outreach[postgres])"
+    else:
+        fix = "use sqlite:///FILE or postgresql+psycopg://"
+    return f"{URL_KEY}: the {name} driver is not installed; {fix}"
 
 
 def _sqlite_engine(url, busy: float) -> Engine:
@@ -97,9 +124,52 @@ def _create_private_file(path: Path) -> None:
     """Create the database file readable by its owner only (it holds health data)."""
     if path.exists():
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o600)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SettingsError(
+            f"{URL_KEY}: cannot create the folder {path.parent}: {_blocked(path, exc)}"
+        ) from None
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o600)
+    except OSError as exc:
+        raise SettingsError(f"{URL_KEY}: cannot create the database file {path}: {exc.strerror}") from None
     os.close(fd)
+
+
+def _blocked(path: Path, exc: OSError) -> str:
+    """A file where a folder should be, or else the system's reason."""
+    for parent in path.parents:
+        if parent.exists() and not parent.is_dir():
+            return f"{parent} is a file, not a folder"
+    return exc.strerror or type(exc).__name__
+
+
+def loose_mode(url: str) -> str | None:
+    """A warning if the SQLite file (or its WAL) can be read or written by group or others; else None.
+
+    The file holds health information: it is created owner-only, but a copy
+    or a restore from backup may not be.
+    """
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or not parsed.database or parsed.database == ":memory:":
+        return None
+    path = Path(parsed.database)
+    loose = {}
+    for file in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+        try:
+            mode = stat.S_IMODE(file.stat().st_mode)
+        except OSError:
+            continue  # not there (yet): SQLite creates it as the database file is
+        if mode & 0o077:
+            loose[file] = mode
+    if not loose:
+        return None
+    first, mode = next(iter(loose.items()))
+    return (
+        f"database file {first} has mode {mode:04o}: group or others can read or write health data; "
+        f"run chmod 600 {' '.join(map(str, loose))}"
+    )
 
 
 IN_LIMIT = 500  # ids per ``IN (...)`` list: SQLite and PostgreSQL both take these comfortably

@@ -193,6 +193,18 @@ def run_cli(settings: Settings):
     return invoke
 
 
+def checked_cli(run_cli, cfg: Settings):
+    """``run_cli`` bound to ``cfg``; a call fails the test unless the command exits 0 (or ``ok=False``)."""
+
+    def cli(*args: str, ok: bool = True):
+        result = run_cli(*args, env_settings=cfg)
+        if ok:
+            assert result.exit_code == 0, result.output
+        return result
+
+    return cli
+
+
 def pytest_configure(config: pytest.Config) -> None:
     """``slow``: real processes killed and restarted, thousands of messages; run in CI all the same."""
     config.addinivalue_line(

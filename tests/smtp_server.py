@@ -60,6 +60,7 @@ class Handler:
     script: deque = field(default_factory=deque)
     lock: threading.Lock = field(default_factory=threading.Lock)
     delay: float = 0.0
+    refuse_rcpt: dict = field(default_factory=dict)  # address -> reply to RCPT TO, e.g. "550 5.1.1 ..."
 
     def count_by_message_id(self) -> dict[str, int]:
         """How many times each Message-ID arrived."""
@@ -70,6 +71,13 @@ class Handler:
             key = item.message_id
             counts[key] = counts.get(key, 0) + 1
         return counts
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        refusal = self.refuse_rcpt.get(address.lower())
+        if refusal:
+            return refusal
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
 
     async def handle_DATA(self, server, session, envelope):
         if self.delay:

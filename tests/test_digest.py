@@ -128,3 +128,42 @@ def test_a_failed_digest_fails_the_updates_it_carried(clinic):
     updates = [e for e in log if e["rule"] == "initial_assessment_report"]
     assert [e["status"] for e in updates] == ["failed", "failed"]
     assert all(f"digest message {digest['id']}" in e["last_error"] for e in updates)
+
+
+def test_a_digest_subject_counts_clients_not_updates(clinic):
+    cli, server = clinic
+    at = "2026-11-03T10:00:00-05:00"
+    assess(cli, "K-1", at)
+    cli("event", "add", "K-1", "goal_achieved", "--at", at, "--note", "Stairs unaided", "--now", at)
+    cli("run", "--once", "--now", at)
+    [received] = server.received
+    assert received.message["Subject"] == "Clinical updates: 1 client, 2 updates (K-1)"
+
+
+def test_a_digest_member_shows_the_message_id_the_physician_received(clinic):
+    cli, server = clinic
+    at = "2026-11-03T10:00:00-05:00"
+    for ref in ("K-1", "K-2"):
+        assess(cli, ref, at)
+    cli("run", "--once", "--now", at)
+    [received] = server.received
+    log = entries(cli)
+    [digest] = [e for e in log if e["rule"] == "digest"]
+    updates = [e for e in log if e["digest_id"] == digest["id"]]
+    assert len(updates) == 2
+    assert all(e["sent_message_id"] == received.message["Message-ID"] for e in updates)
+    assert all(e["message_id"] != received.message["Message-ID"] for e in updates)
+    assert digest["sent_message_id"] == received.message["Message-ID"]
+    shown = cli("log", "show", str(updates[0]["id"])).stdout
+    assert f"{received.message['Message-ID']} (sent inside digest {digest['id']})" in shown
+    csv_header = cli("log", "--format", "csv").stdout.splitlines()[0]
+    assert "sent_message_id" in csv_header.split(",")
+
+
+def test_a_message_not_yet_sent_has_no_sent_message_id(clinic):
+    cli, _ = clinic
+    night = "2026-11-03T23:00:00-05:00"
+    assess(cli, "K-1", night)
+    cli("plan", "--now", night)
+    [entry] = entries(cli)
+    assert entry["status"] == "pending" and entry["sent_message_id"] is None

@@ -279,7 +279,7 @@ BAD_ROWS = {
         "measures",
         "client_ref,instrument,score,measured_at\nC-1,LEFS,40,2026-11-01\nC-1,LEFS,41,2026-11-01\n",
         3,
-        "appears twice in this file",
+        "duplicate of line 2 (same client, instrument and day)",
     ),
 }
 

@@ -8,8 +8,9 @@ from datetime import timedelta
 import pytest
 
 from outreach.backends import SMTPBackend, get_backend
+from outreach.backends.smtp import classify
 from outreach.dispatcher import send_due
-from outreach.errors import BatchAbort, SettingsError
+from outreach.errors import RecipientUnknown, SettingsError, TransientError
 from outreach.models import FAILED, PENDING, SENT
 from outreach.settings import Secret
 from tests.conftest import NOW, smtp_settings, tls_settings
@@ -242,5 +243,8 @@ def test_file_backend_writes_one_eml_per_message(engine, settings):
     assert oct(files[0].stat().st_mode & 0o777) == "0o600"
 
 
-def test_abort_error_class_is_a_delivery_error():
-    assert issubclass(BatchAbort, Exception)
+def test_only_a_mailbox_refusal_at_rcpt_means_the_address_is_unknown():
+    assert isinstance(classify(550, b"5.1.1 No such user", "RCPT TO <a@b.example>"), RecipientUnknown)
+    assert not isinstance(classify(550, b"5.7.1 Relaying denied", "RCPT TO <a@b.example>"), RecipientUnknown)
+    assert not isinstance(classify(550, b"5.1.1 odd", "DATA"), RecipientUnknown)
+    assert isinstance(classify(451, b"4.1.1 later", "RCPT TO <a@b.example>"), TransientError)

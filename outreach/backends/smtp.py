@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 from outreach.backends.base import Backend, no_wait
 from outreach.compose import Email, is_address
-from outreach.errors import BatchAbort, PermanentError, SettingsError, TransientError
+from outreach.errors import BatchAbort, PermanentError, RecipientUnknown, SettingsError, TransientError
 from outreach.settings import Settings
 
 
@@ -48,7 +48,9 @@ def classify(code: int, reply: bytes | str, stage: str) -> TransientError | Perm
     if 400 <= code < 500:
         return TransientError(f"{stage}: server replied {summary}", reply=summary)
     if 500 <= code < 600:
-        return PermanentError(f"{stage}: server replied {summary}", reply=summary)
+        unknown = stage.startswith("RCPT") and text.lstrip().startswith("5.1.")
+        kind = RecipientUnknown if unknown else PermanentError
+        return kind(f"{stage}: server replied {summary}", reply=summary)
     return TransientError(f"{stage}: unexpected reply {summary}", reply=summary)
 
 
