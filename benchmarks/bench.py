@@ -1,6 +1,6 @@
 """The benchmark: a synthetic practice, the whole pipeline timed against its targets.
 
-    python -m outreach.bench [--scale tiny|small|default] [--json FILE]
+    python -m benchmarks.bench [--scale tiny|small|default] [--json FILE]
                              [--database-url URL] [--profile DIR]
 
 ``default`` is a large practice (100,000 clients, 200 physicians, 1,000,000
@@ -714,7 +714,10 @@ def run_cycle_child(spec: dict) -> tuple[dict, float]:
     folder = Path(spec["folder"])
     spec_path, result_path = folder / "cycle-spec.json", folder / "cycle-result.json"
     spec_path.write_text(json.dumps({**spec, "result": str(result_path)}), encoding="utf-8")
-    process = subprocess.Popen([sys.executable, "-m", "outreach.bench", "--cycle-child", str(spec_path)])
+    checkout = {**os.environ, "PYTHONPATH": str(SOURCE_ROOT)}  # the child imports benchmarks/ from here
+    process = subprocess.Popen(
+        [sys.executable, "-m", "benchmarks.bench", "--cycle-child", str(spec_path)], env=checkout
+    )
     _, status, usage = os.wait4(process.pid, 0)
     process.returncode = os.waitstatus_to_exitcode(status)
     if process.returncode != 0 or not result_path.exists():
@@ -1120,7 +1123,7 @@ def log_step(text: str) -> None:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m outreach.bench", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench", description=__doc__.split("\n")[0])
     parser.add_argument("--scale", choices=list(SCALES), default="default")
     parser.add_argument("--json", type=Path, default=Path("bench-results.json"), help="where the JSON goes")
     parser.add_argument("--database-url", help="an empty database to use (default: SQLite in a temp dir)")
