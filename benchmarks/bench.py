@@ -13,7 +13,7 @@ loopback, and measures, in this order:
 
 1. plan, steady state: one planner tick when nothing new is due;
 2. plan + render: the tick that queues the N emails made due, rendered;
-3. send: those N through ``dispatcher.send_due`` and the SMTP backend;
+3. send: those N through ``Dispatcher.send_due`` and the SMTP backend;
 4. the ceiling: a bare smtplib loop sending the same bytes over as many
    connections (one per ``OUTREACH_BATCH_SIZE``) to the same server;
 5. render cost: ``Renderer.render`` (with CSS inlining) against bare Jinja;
@@ -64,7 +64,7 @@ from outreach.backends.smtp import SMTPBackend
 from outreach.compose import build_email
 from outreach.context import client_context
 from outreach.daemon import make_clock
-from outreach.dispatcher import send_due
+from outreach.dispatcher import Dispatcher
 from outreach.models import (
     CANCELLED,
     FAILED,
@@ -740,7 +740,7 @@ def cycle_child(spec_path: Path) -> None:
     backend = SMTPBackend(settings)
     start = time.perf_counter()
     with profiled(profile, "send"):
-        sent = send_due(engine, settings, backend, make_clock(NOW))
+        sent = Dispatcher(engine, settings, backend, make_clock(NOW)).send_due()
     send_seconds = time.perf_counter() - start
     engine.dispose()
     result = {
@@ -1004,15 +1004,14 @@ def format_value(figure: Figure) -> str:
 
 
 def format_table(figures: dict[str, Figure], scale: Scale) -> str:
-    rows = [("figure", "value", "target", "met?")]
+    from outreach.tables import format_table as aligned  # the same table as the CLI's
+
+    rows = []
     for figure in figures.values():
         met = "-" if figure.met is None else ("yes" if figure.met else "NO")
         rows.append((figure.label, format_value(figure), figure.target or "-", met))
-    widths = [max(len(row[i]) for row in rows) for i in range(4)]
-    lines = [f"outreach bench, scale {scale.name} ({scale.clients:,} clients)"]
-    for row in rows:
-        lines.append("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
-    return "\n".join(lines)
+    title = f"outreach bench, scale {scale.name} ({scale.clients:,} clients)"
+    return title + "\n" + aligned(("figure", "value", "target", "met?"), rows)
 
 
 def source_fingerprint() -> int:

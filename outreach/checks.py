@@ -22,7 +22,7 @@ from outreach.demo import load_demo
 from outreach.errors import OutreachError, RenderError
 from outreach.models import clients, events, utcnow
 from outreach.planner import preview
-from outreach.renderer import TEMPLATE_SUFFIXES, compile_problems, load_renderer, read_sources, snapshot
+from outreach.renderer import TEMPLATE_SUFFIXES, Renderer, compile_problems, read_sources
 from outreach.rules import TEMPLATE_PARTS, Rule, check_rules
 from outreach.settings import Settings
 
@@ -38,22 +38,34 @@ def check_all(settings: Settings) -> list[str]:
         problems.append(loose)
     rules, rule_problems = check_rules(settings.campaigns_dir, settings.templates_dir)
     problems += rule_problems
-    template_problems = check_templates(settings.templates_dir)
+    template_problems, renderer = check_templates(settings.templates_dir)
     problems += template_problems
     if rules and not template_problems:
-        problems += check_rendering(settings, rules)
+        problems += check_rendering(settings, rules, renderer)
     return problems
 
 
-def check_templates(templates_dir: Path) -> list[str]:
+def check_warnings(settings: Settings) -> list[str]:
+    """What is allowed but probably not meant: said, without failing the check."""
+    rules, problems = check_rules(settings.campaigns_dir, settings.templates_dir)
+    if rules and not problems and not any(rule.loop for rule in rules):
+        return [
+            f"{settings.campaigns_dir}: no rule says `loop = ...`, so `outreach loops` lists nothing "
+            "(rule files copied before loops were declared in them: see the README's Rules section)"
+        ]
+    return []
+
+
+def check_templates(templates_dir: Path) -> tuple[list[str], Renderer]:
     """Every template file is UTF-8 text and compiles; every template folder is complete.
 
     The files are read as the service reads them (``renderer.read_sources``):
-    what passes here is what ``outreach run`` loads.
+    what passes here is what ``outreach run`` loads. Returns the problems and
+    the renderer over those files, each template compiled once.
     """
     root = Path(templates_dir)
     sources, problems = read_sources(root)
-    renderer = snapshot(root, sources)
+    renderer = Renderer(root, sources)
     folders = [p for p in sorted(root.iterdir()) if p.is_dir() and not p.name.startswith(".")]
     for folder in folders:
         for part in TEMPLATE_PARTS:
@@ -66,15 +78,11 @@ def check_templates(templates_dir: Path) -> list[str]:
                 except jinja2.TemplateSyntaxError as exc:
                     problems.append(f"{folder / part}:{exc.lineno}: template/{folder.name}: {exc.message}")
     shared = [name for name in sources if "/" not in name and name.endswith(TEMPLATE_SUFFIXES)]
-    return problems + compile_problems(renderer, shared)  # layouts and macros
+    return problems + compile_problems(renderer, shared), renderer  # shared: layouts and macros
 
 
-def check_rendering(settings: Settings, rules: list[Rule]) -> list[str]:
+def check_rendering(settings: Settings, rules: list[Rule], renderer: Renderer) -> list[str]:
     """Render each rule for the demo practice; report errors and private subjects."""
-    try:
-        renderer = load_renderer(settings.templates_dir)  # the service's own snapshot of the files
-    except RenderError as exc:
-        return str(exc).splitlines()
     now = utcnow()
     problems = []
     with tempfile.TemporaryDirectory(prefix="outreach-check-") as tmp:

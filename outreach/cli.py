@@ -25,7 +25,7 @@ import click
 from dotenv import load_dotenv
 from sqlalchemy.exc import SQLAlchemyError
 
-from outreach import store
+from outreach import records, store
 from outreach.errors import ImportFileError, NotFound, OutreachError
 from outreach.models import IMPORT_KINDS, utcnow
 from outreach.review import (
@@ -98,6 +98,8 @@ class OutreachGroup(click.Group):
                 "fix them, or use --skip-invalid to import the valid rows)",
                 err=True,
             )
+        except records.RowError as exc:  # a bad value, from any command: the one place it is shown
+            click.echo(f"error: {as_option(exc)}", err=True)
         except OutreachError as exc:
             for line in str(exc).splitlines() or [type(exc).__name__]:
                 click.echo(f"error: {line}", err=True)
@@ -105,6 +107,21 @@ class OutreachGroup(click.Group):
             reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
             click.echo(f"error: database: {reason}", err=True)
         ctx.exit(1)
+
+
+# ``records`` names a value as its CSV column does; these commands take it as an option.
+OPTION_FOR_FIELD = {
+    "occurred_at": "--at",
+    "measured_at": "--at",
+    "consent_date": "--on",
+    "consent_expires": "--expires",
+}
+
+
+def as_option(exc: records.RowError) -> str:
+    """The error's line, naming the command-line option rather than the CSV column."""
+    option = OPTION_FOR_FIELD.get(exc.field)
+    return f"{option}: {exc.problem}" if option else str(exc)
 
 
 class Env:
@@ -123,7 +140,7 @@ class Env:
     @property
     def engine(self):
         if self._engine is None:
-            self._engine = store.connect(self.settings.database_url)
+            self._engine = store.connect(self.settings.database_url, self.settings.db_busy_seconds)
         return self._engine
 
     def dispose(self) -> None:
@@ -138,12 +155,12 @@ class Env:
     def now(self, value: str | None) -> datetime:
         if value is None:
             return utcnow()
-        from outreach.importer import RowError, parse_datetime
+        return records.parse_datetime(value, "--now", self.settings.tz)
 
-        try:
-            return parse_datetime(value, "--now", self.settings.tz)
-        except RowError as exc:
-            raise OutreachError(str(exc)) from None
+    def day(self, moment: datetime, value: str | None = None, option: str = "") -> date:
+        """The day ``option`` gives (``value``), or else the practice's calendar day at ``moment``."""
+        given = records.parse_date(value, option) if value else None
+        return given or moment.astimezone(self.settings.tz).date()
 
 
 pass_env = click.make_pass_decorator(Env, ensure=True)
@@ -229,9 +246,11 @@ def _give_starter_folder(key: str, target: Path, what: str) -> str:
 @pass_env
 def check(env: Env):
     """Validate settings, every rule file and every template."""
-    from outreach.checks import check_all
+    from outreach.checks import check_all, check_warnings
 
     problems = check_all(env.settings)
+    for warning in check_warnings(env.settings):
+        click.echo(f"warning: {warning}", err=True)
     for problem in problems:
         click.echo(problem, err=True)
     if problems:
@@ -280,22 +299,14 @@ def event():
 @pass_env
 def event_add(env: Env, client_ref: str, kind: str, at: str | None, note: str, now: str | None):
     """Record that KIND (e.g. initial_assessment) happened for CLIENT_REF."""
-    from outreach.importer import RowError, not_in_future, parse_datetime, parse_event_kind, record_event
-
     moment = env.now(now)
-    try:
-        kind = parse_event_kind(kind)
-        occurred = parse_datetime(at, "--at", env.settings.tz) if at else moment
-        not_in_future(occurred, moment, "--at")
-    except RowError as exc:
-        raise OutreachError(str(exc)) from None
-    with store.write(env.ready_engine()) as conn:
-        client_id = _client_id(conn, client_ref)
-        new_id = record_event(conn, client_id, kind, occurred, note, moment)
-    if new_id is None:
-        click.echo(f"{kind} for {client_ref} at {occurred.isoformat()} was already recorded")
+    occurred = records.parse_datetime(at, "--at", env.settings.tz) if at else moment
+    added = records.add_event(env.ready_engine(), client_ref, kind, occurred, moment, note=note)
+    what = f"{added.kind} for {client_ref} at {occurred.isoformat()}"
+    if added.event_id is None:
+        click.echo(f"{what} was already recorded")
     else:
-        click.echo(f"recorded {kind} for {client_ref} at {occurred.isoformat()} (event {new_id})")
+        click.echo(f"recorded {what} (event {added.event_id})")
 
 
 @cli.group()
@@ -309,8 +320,9 @@ def physician():
 @pass_env
 def physician_opt_out(env: Env, email: str, now: str | None):
     """Stop non-clinical mail to EMAIL; clinical updates still go."""
-    day = env.now(now).astimezone(env.settings.tz).date()
-    _update_physician(env, email, {"opted_out_on": day})
+    moment = env.now(now)
+    day = env.day(moment)
+    records.opt_out(env.ready_engine(), email, day, moment)
     click.echo(
         f"{email}: opted out of non-clinical mail from {day}; clinical updates about shared clients still go"
     )
@@ -321,7 +333,7 @@ def physician_opt_out(env: Env, email: str, now: str | None):
 @pass_env
 def physician_opt_in(env: Env, email: str):
     """Resume non-clinical mail to EMAIL."""
-    _update_physician(env, email, {"opted_out_on": None})
+    records.opt_in(env.ready_engine(), email, utcnow())
     click.echo(f"{email}: non-clinical mail resumed")
 
 
@@ -334,24 +346,8 @@ def physician_deliverable(env: Env, email: str):
     A mail server's 5.1.x refusal marks a physician's address undeliverable,
     and nothing more is sent to it until the mark is cleared here.
     """
-    _update_physician(env, email, {"undeliverable_on": None, "undeliverable_reason": None})
+    records.mark_deliverable(env.ready_engine(), email, utcnow())
     click.echo(f"{email}: marked deliverable again; mail suppressed meanwhile stays in the log, not resent")
-
-
-def _update_physician(env: Env, email: str, values: dict) -> None:
-    from outreach.models import physicians
-
-    _update_one(env, physicians, physicians.c.email, email.strip().lower(), values, "physician with email")
-
-
-def _update_one(env: Env, table, column, key: str, values: dict, what: str) -> None:
-    """Update the one row whose ``column`` is ``key``, or say that there is none."""
-    from sqlalchemy import update
-
-    with store.write(env.ready_engine()) as conn:
-        done = conn.execute(update(table).where(column == key).values(**values)).rowcount
-    if not done:
-        raise NotFound(f"no {what} {key!r}")
 
 
 @cli.group()
@@ -367,18 +363,10 @@ def client():
 @pass_env
 def client_consent(env: Env, client_ref: str, on: str | None, expires: str | None, now: str | None):
     """Record consent to share health information; held updates then go out."""
-    from outreach.importer import RowError, not_in_future, parse_date
-
     moment = env.now(now)
-    try:
-        day = parse_date(on, "--on") if on else moment.astimezone(env.settings.tz).date()
-        until = parse_date(expires, "--expires") if expires else None
-        not_in_future(day, moment, "--on")
-    except RowError as exc:
-        raise OutreachError(str(exc)) from None
-    _update_client(
-        env, client_ref, {"consent_date": day, "consent_expires": until, "consent_revoked_on": None}
-    )
+    day = env.day(moment, on, "--on")
+    until = records.parse_date(expires, "--expires") if expires else None
+    records.give_consent(env.ready_engine(), client_ref, day, moment, expires=until)
     click.echo(f"{client_ref}: consent recorded on {day}" + (f", until {until}" if until else ""))
 
 
@@ -388,15 +376,10 @@ def client_consent(env: Env, client_ref: str, on: str | None, expires: str | Non
 @pass_env
 def client_revoke_consent(env: Env, client_ref: str, now: str | None):
     """Record that consent was withdrawn: nothing more about them is sent."""
-    day = env.now(now).astimezone(env.settings.tz).date()
-    _update_client(env, client_ref, {"consent_revoked_on": day})
+    moment = env.now(now)
+    day = env.day(moment)
+    records.revoke_consent(env.ready_engine(), client_ref, day, moment)
     click.echo(f"{client_ref}: consent revoked on {day}; queued updates about this client will not be sent")
-
-
-def _update_client(env: Env, ref: str, values: dict) -> None:
-    from outreach.models import clients
-
-    _update_one(env, clients, clients.c.ref, ref, values, "client with ref")
 
 
 @cli.group()
@@ -413,29 +396,10 @@ def measure():
 @pass_env
 def measure_add(env: Env, client_ref: str, instrument: str, score: str, at: str | None, now: str | None):
     """Record SCORE on INSTRUMENT for CLIENT_REF."""
-    from outreach.importer import RowError, not_in_future, parse_date, parse_score, record_measure
-
     moment = env.now(now)
-    try:
-        code, value = parse_score(score, instrument)
-        day = parse_date(at, "--at") if at else moment.astimezone(env.settings.tz).date()
-        not_in_future(day, moment, "--at")
-    except RowError as exc:
-        raise OutreachError(str(exc)) from None
-    with store.write(env.ready_engine()) as conn:
-        outcome = record_measure(conn, _client_id(conn, client_ref), code, value, day, moment)
-    click.echo(f"{code} {value:g} on {day} for {client_ref}: {outcome}")
-
-
-def _client_id(conn, ref: str) -> int:
-    from sqlalchemy import select
-
-    from outreach.models import clients
-
-    found = conn.execute(select(clients.c.id).where(clients.c.ref == ref)).scalar()
-    if found is None:
-        raise NotFound(f"no client with ref {ref!r}")
-    return found
+    day = env.day(moment, at, "--at")
+    measured = records.add_measure(env.ready_engine(), client_ref, instrument, score, day, moment)
+    click.echo(f"{measured.instrument} {measured.score:g} on {day} for {client_ref}: {measured.outcome}")
 
 
 @cli.command()
@@ -456,7 +420,7 @@ def plan(env: Env, dry_run: bool, now: str | None):
         for d in drafts:
             what = f"client {d.client_ref}" if d.client_ref else "physician summary"
             note = f"  (would be suppressed: {d.suppress_reason})" if d.suppress_reason else ""
-            click.echo(f"{d.rule.name}: {what} -> {d.recipient}{note}")
+            click.echo(f"{d.rule.name}: {what} -> {d.to.email}{note}")
         click.echo(f"{len(drafts)} email(s) due; nothing queued (dry run)")
         return
     report = _service(env).plan(moment)
@@ -548,13 +512,31 @@ def retry(env: Env, message_ids: tuple[int, ...], all_failed: bool, now: str | N
     from its rule and records with the templates as they are now; if one
     still fails, nothing is queued and the error says why.
     """
-    from outreach.dispatcher import retry_failed
-
     if not message_ids and not all_failed:
         raise click.UsageError("give message IDs or --all-failed")
     ids = None if all_failed else list(message_ids)
-    count = retry_failed(env.ready_engine(), env.now(now), ids, settings=env.settings)
+    count = records.retry(env.ready_engine(), env.settings, env.now(now), ids)
     click.echo(f"{count} message(s) queued again")
+
+
+@cli.command()
+@click.argument("message_ids", metavar="ID...", nargs=-1, type=int, required=True)
+@now_option
+@pass_env
+def cancel(env: Env, message_ids: tuple[int, ...], now: str | None):
+    """Never send these pending or suppressed messages; all of them, or none.
+
+    A cancelled digest takes the updates it carries with it. An update
+    cancelled out of a waiting digest takes that digest apart; the other
+    updates in it are combined again at the next plan. Sent, failed or
+    already cancelled messages are refused, named.
+    """
+    done = records.cancel(env.ready_engine(), list(message_ids), env.now(now))
+    click.echo(f"{len(done.messages)} message(s) cancelled: {', '.join(map(str, done.messages))}")
+    if done.carried:
+        click.echo(f"with them, the updates their digests carried: {', '.join(map(str, done.carried))}")
+    if done.regrouped:
+        click.echo(f"to be combined again at the next plan: {', '.join(map(str, done.regrouped))}")
 
 
 @cli.group("log", invoke_without_command=True)
@@ -570,7 +552,7 @@ def log_(ctx, status, physician, client, since, fmt, limit):
     if ctx.invoked_subcommand is not None:
         return
     env = ctx.ensure_object(Env)
-    since_day = _parse_since(since) if since else None
+    since_day = records.parse_date(since, "--since") if since else None
     tz = env.settings.tz
     with store.read(env.ready_engine()) as conn:
         rows = list_messages(
@@ -578,16 +560,6 @@ def log_(ctx, status, physician, client, since, fmt, limit):
         )
     output = {"json": format_json, "csv": format_csv}.get(fmt)
     click.echo(output(rows) if output else format_table(rows, tz))
-
-
-def _parse_since(value: str) -> date | None:
-    """``--since`` as a day; the importer (and its parsers) loads only when the option is given."""
-    from outreach.importer import RowError, parse_date
-
-    try:
-        return parse_date(value, "--since")
-    except RowError as exc:
-        raise OutreachError(str(exc)) from None
 
 
 @log_.command("show")
@@ -708,7 +680,7 @@ def demo(env: Env, folder: Path, now: str | None):
     if now is None and (shifted := demo_moment(moment, settings)) != moment:
         moment = shifted
         click.echo(shifted_note(moment, settings))
-    engine = store.connect(settings.database_url)
+    engine = store.connect(settings.database_url, settings.db_busy_seconds)
     store.migrate(engine)
     load_demo(engine, settings, folder / "csv", moment)
     setup_logging("WARNING")

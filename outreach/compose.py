@@ -30,13 +30,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from email.utils import format_datetime
 
-from outreach.settings import Settings
+from outreach.settings import Settings, is_address  # the one address rule, also the SMTP backend's
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
-# What an address may hold: no whitespace, control characters or characters
-# that end an address in a header. Non-ASCII is let through here: the SMTP
-# backend refuses it per message (the file backend can still show it).
-_ADDRESS = re.compile(r'[^\s\x00-\x1f\x7f<>()\[\],;:"\\@]+@[^\s\x00-\x1f\x7f<>()\[\],;:"\\@]+')
 _OVERLONG_QP_LINE = re.compile(rb"^([^\r\n]{74})(=20|=09)(?=\r\n)", re.MULTILINE)
 _MESSAGE_ID = re.compile(r"[\x21-\x7e]{1,900}")  # printable ASCII, no spaces, fits a line
 
@@ -172,15 +168,6 @@ def _fold(name: str, tokens: list[str]) -> str:
         line = f"{line} {token}"
     lines.append(line)
     return "\r\n".join(lines)
-
-
-def is_address(address: str) -> bool:
-    """An address that can be written as it is, in a header or an SMTP envelope.
-
-    No whitespace, control characters or brackets: it can never end the
-    header or command it is in, or start another.
-    """
-    return len(address) <= 254 and _ADDRESS.fullmatch(address) is not None
 
 
 def _address(address: str) -> str:

@@ -10,13 +10,13 @@ from __future__ import annotations
 import re
 import statistics
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta
 
 from sqlalchemy import Connection, Row, select
 
 from outreach import store
 from outreach.instruments import INSTRUMENTS, Outcome, format_change, format_score
-from outreach.models import clients, events, measurements, physicians
+from outreach.models import aware, clients, events, measurements, physicians
 from outreach.rules import Rule
 from outreach.settings import Settings
 
@@ -33,6 +33,10 @@ EVENT_LABELS = {
 }
 DOCTOR_CREDENTIALS = {"MD", "DO", "MBBS", "MBCHB", "DPM", "PHD", "DC"}
 MIN_COHORT = 3  # a de-identified summary must describe at least this many clients
+ATTENTION = "needs your attention"  # the bottom line when the physician should act
+# An email about one of these events is an alert, whatever the bottom line:
+# an adverse event, or missed sessions (the adherence concern).
+ALERT_EVENTS = ("adverse_event", "session_missed")
 
 
 def practice_view(settings: Settings) -> dict:
@@ -48,6 +52,11 @@ def practice_view(settings: Settings) -> dict:
     }
 
 
+def display_name(name: str, credentials: str | None) -> str:
+    """A physician as named on an envelope and in the log: "Maria Alvarez, MD"."""
+    return f"{name}, {credentials}" if credentials else name
+
+
 def physician_view(row) -> dict:
     credentials = row.credentials or ""
     tokens = {t.strip(" .").upper() for t in credentials.replace(",", " ").split()}
@@ -57,7 +66,7 @@ def physician_view(row) -> dict:
         "id": row.id,
         "name": row.name,
         "credentials": credentials,
-        "display": f"{row.name}, {credentials}" if credentials else row.name,
+        "display": display_name(row.name, credentials),
         "salutation": salutation,
         "specialty": row.specialty,
         "clinic": row.clinic,
@@ -194,7 +203,7 @@ def attendance_from(events_: list, start: datetime, end: datetime) -> dict:
 def bottom_line(outcomes: list[Outcome], attendance: dict, adverse: bool) -> str:
     """The one-word status a physician reads first."""
     if adverse or attendance["consecutive_missed"] >= 3:
-        return "needs your attention"
+        return ATTENTION
     compared = [o for o in outcomes if o.count >= 2]
     if any(o.worsened for o in compared):
         return "declining"
@@ -218,7 +227,7 @@ class History:
 def load_histories(conn: Connection, client_ids: list[int]) -> dict[int, History]:
     """Histories of many clients in four queries per chunk, not a dozen per email."""
     ids = sorted(set(client_ids))
-    found_clients = {}
+    found_clients: dict[int, Row] = {}
     found_events: dict[int, list] = {}
     for chunk in store.chunks(ids):
         found_clients.update((r.id, r) for r in conn.execute(select(clients).where(clients.c.id.in_(chunk))))
@@ -230,7 +239,7 @@ def load_histories(conn: Connection, client_ids: list[int]) -> dict[int, History
         for row in rows:
             found_events.setdefault(row.client_id, []).append(row)
     doctor_ids = sorted({c.physician_id for c in found_clients.values()})
-    doctors = {}
+    doctors: dict[int, Row] = {}
     for chunk in store.chunks(doctor_ids):
         doctors.update((r.id, r) for r in conn.execute(select(physicians).where(physicians.c.id.in_(chunk))))
     scores = _measurements(conn, ids)
@@ -268,6 +277,7 @@ def client_context(
     outcomes = outcomes_from(history.measurements, until=local_now.date())
     attendance = attendance_from(history.events, start, now)
     adverse = any(e.kind == "adverse_event" and start <= e.occurred_at <= now for e in history.events)
+    status = bottom_line(outcomes, attendance, adverse)
     return {
         "practice": practice_view(settings),
         "physician": physician_view(history.physician),
@@ -278,27 +288,16 @@ def client_context(
         "achievements": achievements,
         "outcomes": [outcome_view(o) for o in outcomes],
         "attendance": attendance,
-        "status": bottom_line(outcomes, attendance, adverse),
+        "status": status,
+        # The email says the physician should act: templates print "needs your
+        # attention" on it, a digest lists the update first for it.
+        "attention": status == ATTENTION or (event is not None and event.kind in ALERT_EVENTS),
         "period": {"start": start.astimezone(settings.tz).date(), "end": local_now.date()},
         "assessments": assessments,
         "rule": {"name": rule.name, "description": rule.description},
         "now": local_now,
         "today": local_now.date(),
     }
-
-
-def message_context(
-    conn: Connection,
-    settings: Settings,
-    rule: Rule,
-    client_id: int,
-    dedupe_key: str,
-    now: datetime,
-    history: History | None = None,
-) -> dict:
-    """The context of a queued update about a client, rebuilt (its event is in its dedupe key)."""
-    event_id = int(dedupe_key.rsplit(":", 1)[1]) if rule.event else None
-    return client_context(conn, settings, rule, client_id, now, event_id, history)
 
 
 REASSESS_EVERY = timedelta(days=30)
@@ -352,17 +351,23 @@ def _event_dates(events_: list, settings: Settings) -> dict:
     """Dates of the first assessment and the latest reassessment, if any."""
     dates = {}
     for kind, pick in (("initial_assessment", min), ("reassessment", max)):
-        times = [_as_utc(e.occurred_at) for e in events_ if e.kind == kind]
+        times = [aware(e.occurred_at) for e in events_ if e.kind == kind]
         dates[kind] = pick(times).astimezone(settings.tz).date() if times else None
     return dates
 
 
-def _as_utc(value: datetime) -> datetime:
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+@dataclass(frozen=True)
+class Period:
+    """A calendar month or quarter a physician's summary covers; ``key`` ends its dedupe key."""
+
+    start: date
+    end: date
+    label: str  # "2026 Q3", "October 2026": what the physician reads
+    key: str  # "2026Q3", "2026-10"
 
 
 def physician_context(
-    conn: Connection, settings: Settings, rule: Rule, physician_id: int, now: datetime, period: dict
+    conn: Connection, settings: Settings, rule: Rule, physician_id: int, now: datetime, period: Period
 ) -> dict:
     """A de-identified summary of a physician's referrals: counts and median changes."""
     physician = conn.execute(select(physicians).where(physicians.c.id == physician_id)).one()
@@ -371,7 +376,7 @@ def physician_context(
             clients.c.physician_id == physician_id
         )
     ).all()
-    start, end = period["start"], period["end"]
+    start, end = period.start, period.end
     referred = [r for r in rows if r.referral_date and start <= r.referral_date <= end]
     per_instrument: dict[str, list[Outcome]] = {}
     scores = _measurements(conn, [row.id for row in rows])

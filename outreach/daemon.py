@@ -26,9 +26,10 @@ from sqlalchemy import Engine
 
 from outreach import digest, status, store
 from outreach.backends import Backend, get_backend
-from outreach.dispatcher import Clock, SendReport, flush_backlog, one_line, send_due, worker_name
+from outreach.dispatcher import Clock, Dispatcher, SendReport, worker_name
 from outreach.errors import OutreachError
 from outreach.models import utcnow
+from outreach.outbox import log_line
 from outreach.planner import PlanReport, plan
 from outreach.renderer import Renderer, load_renderer
 from outreach.rules import Rule, load_rules
@@ -81,12 +82,20 @@ class Service:
     backend: Backend
     worker: str = field(default_factory=worker_name)
     fingerprint: tuple = ()
+    dispatcher: Dispatcher = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        # One dispatcher for the service's life: what the server said while the
+        # database was away (its backlog) is written on a later pass.
+        self.dispatcher = Dispatcher(
+            self.engine, self.settings, self.backend, worker=self.worker, regroup=self.regroup
+        )
 
     @classmethod
     def load(
         cls, settings: Settings, engine: Engine | None = None, backend: Backend | None = None
     ) -> Service:
-        engine = engine or store.connect(settings.database_url)
+        engine = engine or store.connect(settings.database_url, settings.db_busy_seconds)
         store.require_current(engine)
         fingerprint = config_fingerprint(settings)
         rules, renderer = load_config(settings)
@@ -103,16 +112,8 @@ class Service:
         return plan(self.engine, self.settings, self.rules, self.renderer, now)
 
     def send(self, clock: Clock, limit: int | None = None, stop: threading.Event | None = None) -> SendReport:
-        return send_due(
-            self.engine,
-            self.settings,
-            self.backend,
-            clock,
-            limit=limit,
-            stop=stop,
-            worker=self.worker,
-            regroup=self.regroup,
-        )
+        self.dispatcher.clock = clock  # the caller's time: a replay (``--now``) runs on its own clock
+        return self.dispatcher.send_due(limit, stop)
 
     def regroup(self, ids: list[int], now: datetime) -> None:
         """Combine again the updates of a digest the gate took apart (it needs the renderer)."""
@@ -136,7 +137,8 @@ class Service:
 
     def flush(self, clock: Clock) -> None:
         """Write outcomes held while the database was away (on the way out, say)."""
-        flush_backlog(self.engine, self.worker, clock())
+        self.dispatcher.clock = clock
+        self.dispatcher.flush_backlog()
 
     def config_changed(self) -> bool:
         return config_fingerprint(self.settings) != self.fingerprint
@@ -149,7 +151,7 @@ def guarded(name: str, job: Callable[[], object], on_error: Callable[[str], None
         try:
             job()
         except Exception as exc:
-            message = one_line(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+            message = log_line(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
             log.error("%s failed, will retry next tick: %s", name, message)
             log.debug("%s traceback", name, exc_info=True)
             if on_error is not None:
@@ -161,7 +163,7 @@ def guarded(name: str, job: Callable[[], object], on_error: Callable[[str], None
     return run
 
 
-class Loop:
+class Jobs:
     """The jobs of one running service, each safe to run again after a failure.
 
     What ``outreach status`` calls "failing" is tracked per job: a job's
@@ -206,7 +208,7 @@ class Loop:
         status.heartbeat(self.service.engine, self.service.worker, self.clock())
         self._ok("heartbeat")
 
-    def jobs(self) -> list[tuple[str, Callable[[], None]]]:
+    def named(self) -> list[tuple[str, Callable[[], None]]]:
         return [("heartbeat", self.heartbeat), ("plan", self.plan), ("send", self.send)]
 
 
@@ -236,11 +238,11 @@ def run_forever(service: Service, clock: Clock, control: Control) -> None:
 
     A reload request, or a changed rule or template file, reloads them first.
     """
-    loop = Loop(service, clock, control.stop)
+    jobs = Jobs(service, clock, control.stop)
     scheduler = schedule.Scheduler()
     every = service.settings.tick_seconds
-    for name, job in loop.jobs():
-        scheduler.every(every).seconds.do(guarded(name, job, loop.record_error))
+    for name, job in jobs.named():
+        scheduler.every(every).seconds.do(guarded(name, job, jobs.record_error))
     guarded("start", lambda: status.started(service.engine, service.worker, clock()))()
     log.info("outreach running as %s: %d rule(s), tick every %ds", service.worker, len(service.rules), every)
     scheduler.run_all()
@@ -252,7 +254,7 @@ def run_forever(service: Service, clock: Clock, control: Control) -> None:
                 reload()
             scheduler.run_pending()
         except Exception as exc:  # the jobs are guarded; this is the loop's own machinery
-            log.error("service loop: %s", one_line(exc))
+            log.error("service loop: %s", log_line(exc))
         idle = scheduler.idle_seconds
         control.sleep(min(max(idle if idle is not None else every, 0.05), MAX_SLEEP))
     guarded("flush", lambda: service.flush(clock))()

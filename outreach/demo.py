@@ -148,7 +148,7 @@ EVENTS = [
 ATTENDING = {"C-1001": 70, "C-1002": 61, "C-1004": 55, "C-1006": 66, "C-1009": 47, "C-1003": 92}
 
 # ref, instrument, [(days ago, score), ...]
-MEASURES = [
+MEASURES: list[tuple[str, str, list[tuple[int, float]]]] = [
     ("C-1001", "LEFS", [(70, 38), (40, 47), (1, 55)]),
     ("C-1001", "NPRS", [(70, 5), (1, 2)]),
     ("C-1002", "ODI", [(61, 42), (31, 34), (2, 24)]),
@@ -231,10 +231,10 @@ def write_csvs(folder: Path, rows: dict[str, list[dict]]) -> dict[str, Path]:
 
 
 def load_demo(engine: Engine, settings: Settings, folder: Path, now: datetime) -> dict[str, Path]:
-    """Write the demo CSVs into ``folder`` and import them; returns their paths."""
+    """Write the demo CSVs into ``folder`` and import them (the one write path); returns their paths."""
     paths = write_csvs(folder, demo_rows(now, settings))
     for kind in IMPORT_KINDS:
-        import_file(engine, settings, kind, paths[kind], now)
+        import_file(engine, settings, kind, paths[kind], now, actor="demo")
     return paths
 
 

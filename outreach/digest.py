@@ -14,28 +14,41 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import uuid
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from itertools import groupby
-from zoneinfo import ZoneInfo
 
 from markupsafe import Markup
 from sqlalchemy import Connection, Engine, func, or_, select, update
 
 from outreach import store
-from outreach.context import load_histories, message_context, physician_view, practice_view
+from outreach.context import (
+    client_context,
+    display_name,
+    load_histories,
+    physician_view,
+    practice_view,
+)
 from outreach.errors import RenderError
-from outreach.models import FAILED, PENDING, PRIORITIES, SENDING, SENT, clients, messages, physicians
-from outreach.outbox import insert_message, trail
+from outreach.models import (
+    PENDING,
+    PRIORITIES,
+    SENDING,
+    SENT,
+    aware,
+    clients,
+    messages,
+    outbox_row,
+    physicians,
+)
+from outreach.outbox import DIGEST, insert_message, trail
 from outreach.renderer import Renderer
 from outreach.rules import Rule
 from outreach.settings import Settings
-from outreach.windows import parse_window
+from outreach.windows import parse_window, physician_zone
 
 log = logging.getLogger(__name__)
 CAP_PERIOD = timedelta(days=7)
-DIGEST = "digest"
 
 
 @dataclass
@@ -120,17 +133,13 @@ def recent_sends(conn: Connection, physician_id: int, now: datetime) -> list[dat
 def _cap_frees_at(recent: list[datetime], cap: int, now: datetime, settings: Settings, doctor) -> datetime:
     """The first moment, inside the send window, when one more email fits the cap."""
     oldest_that_must_expire = recent[len(recent) - cap] if len(recent) >= cap else now
-    frees = max(_aware(oldest_that_must_expire) + CAP_PERIOD, now)
-    tz = ZoneInfo(doctor.timezone) if doctor.timezone else settings.tz
+    frees = max(aware(oldest_that_must_expire) + CAP_PERIOD, now)
+    tz = physician_zone(doctor.timezone, settings.tz)
     return parse_window(doctor.send_window or settings.send_window).next_opening(frees, tz)
 
 
-def _aware(value: datetime) -> datetime:
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
-
-
 def _hold(engine: Engine, ids: list[int], until: datetime, cap: int, now: datetime, doctor, settings) -> int:
-    tz = ZoneInfo(doctor.timezone) if doctor.timezone else settings.tz
+    tz = physician_zone(doctor.timezone, settings.tz)
     detail = (
         f"weekly cap of {cap} email(s) to this physician reached: "
         f"held until {until.astimezone(tz):%a %d %b %H:%M %Z}, then sent together"
@@ -172,27 +181,23 @@ def _make_digest(engine, settings, renderer, rules, doctor, ids: list[int], now:
     except RenderError as exc:
         log.error("digest for %s not rendered, updates go one by one: %s", doctor.email, exc)
         return None
-    row = {
-        "rule": DIGEST,
-        "template": DIGEST,
-        "dedupe_key": digest_key(ids),
-        "client_id": None,
-        "physician_id": doctor.id,
-        "recipient": doctor.email,
-        "recipient_name": f"{doctor.name}, {doctor.credentials}" if doctor.credentials else doctor.name,
-        "subject": rendered.subject,
-        "html": rendered.html,
-        "text": rendered.text,
-        "kind": DIGEST,
-        "needs_consent": False,  # its members are checked one by one
-        "priority": PRIORITIES["normal"],
-        "status": PENDING,
-        "attempts": 0,
-        "next_attempt_at": now,
-        "message_id": f"<{uuid.uuid4().hex}@{settings.from_domain}>",
-        "created_at": now,
-        "updated_at": now,
-    }
+    row = outbox_row(
+        rule=DIGEST,
+        template=DIGEST,
+        dedupe_key=digest_key(ids),
+        kind=DIGEST,
+        physician_id=doctor.id,
+        recipient=doctor.email,
+        recipient_name=display_name(doctor.name, doctor.credentials),
+        subject=rendered.subject,
+        html=rendered.html,
+        text=rendered.text,
+        status=PENDING,
+        now=now,
+        domain=settings.from_domain,
+        needs_consent=False,  # its members are checked one by one
+        priority=PRIORITIES["normal"],
+    )
     try:
         digest_id = _store_digest(engine, row, ids, now)
     except _Conflict:
@@ -250,7 +255,7 @@ def _sections(engine, settings, renderer, rules, ids: list[int], now: datetime) 
                 messages.c.rule,
                 messages.c.subject,
                 messages.c.client_id,
-                messages.c.dedupe_key,
+                messages.c.event_id,
                 clients.c.ref,
             )
             .join(clients, clients.c.id == messages.c.client_id)
@@ -263,8 +268,8 @@ def _sections(engine, settings, renderer, rules, ids: list[int], now: datetime) 
             rule = by_name.get(m.rule)
             if rule is None:
                 raise RenderError(f"message {m.id}: rule {m.rule} is no longer in the campaigns")
-            context = message_context(
-                conn, settings, rule, m.client_id, m.dedupe_key, now, histories[m.client_id]
+            context = client_context(
+                conn, settings, rule, m.client_id, now, m.event_id, histories[m.client_id]
             )
             section = renderer.render_section(rule.template, context, m.subject)
             sections.append(
@@ -274,7 +279,7 @@ def _sections(engine, settings, renderer, rules, ids: list[int], now: datetime) 
                     "html": Markup(section.html),  # rendered with autoescape on
                     "text": section.text,
                     "status": context["status"],  # the bottom line, shown in the list at the top
-                    "attention": "needs your attention" in section.text.lower(),
+                    "attention": context["attention"],  # as the section's own template prints it
                 }
             )
     return sections
@@ -307,26 +312,3 @@ def _store_digest(engine: Engine, row: dict, ids: list[int], now: datetime) -> i
 
 class _Conflict(Exception):
     """Raised inside the transaction to roll the digest back."""
-
-
-def settle_members(conn: Connection, digest_id: int, status: str | None, now: datetime) -> int:
-    """The updates a digest carried share its fate: sent with it, or failed with it."""
-    if status not in (SENT, FAILED):
-        return 0
-    members = list(
-        conn.execute(
-            select(messages.c.id).where(messages.c.digest_id == digest_id, messages.c.status == PENDING)
-        ).scalars()
-    )
-    if not members:
-        return 0
-    if status == SENT:
-        values = {"status": SENT, "sent_at": now, "smtp_response": f"sent in digest message {digest_id}"}
-        detail = f"delivered in digest message {digest_id}"
-    else:
-        values = {"status": FAILED, "last_error": f"digest message {digest_id} failed"}
-        detail = f"digest message {digest_id} failed; see its log entry"
-    conn.execute(update(messages).where(messages.c.id.in_(members)).values(updated_at=now, **values))
-    for message_id in members:
-        trail(conn, message_id, now, "sent" if status == SENT else "failed", detail)
-    return len(members)

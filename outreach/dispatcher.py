@@ -1,13 +1,18 @@
 """The dispatcher: claim due messages, send them, record each outcome at once.
 
+A ``Dispatcher`` is made once per service, as an httpx ``Client`` is, and
+holds what every pass needs: the database, the settings, the backend, the
+worker's name and its clock. ``send_due`` is one pass.
+
 A claim is a lease: rows go to ``sending`` with ``lease_until``; a worker
 killed mid-send leaves rows whose lease expires and which go back to
 ``pending`` with the same Message-ID. Each message's new state is committed
 the moment the server answers for it, never after the batch.
 
 If the database cannot be written when the server has already answered,
-the answer is kept in memory (``_Backlog``) and written first thing on the
-next pass, so a database outage does not turn accepted mail into resends.
+the answer is kept in the dispatcher (its ``Backlog``) and written first
+thing on the next pass, so a database outage does not turn accepted mail
+into resends.
 """
 
 from __future__ import annotations
@@ -16,22 +21,34 @@ import contextlib
 import functools
 import logging
 import os
-import re
 import secrets
 import socket
 import threading
-from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, bindparam, exists, or_, select, update
+from sqlalchemy import (
+    BindParameter,
+    Connection,
+    Engine,
+    Exists,
+    Row,
+    Update,
+    and_,
+    bindparam,
+    exists,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.exc import SQLAlchemyError
 
 from outreach import gate, store
-from outreach.backends.base import Backend
+from outreach.backends.base import Backend, no_wait
 from outreach.compose import build_email
-from outreach.digest import DIGEST, settle_members
 from outreach.errors import (
     BatchAbort,
     DatabaseError,
@@ -40,16 +57,21 @@ from outreach.errors import (
     RecipientUnknown,
     TransientError,
 )
-from outreach.models import FAILED, PENDING, SENDING, SENT, message_bodies, messages, physicians
-from outreach.outbox import trail, trail_many, with_body
+from outreach.models import FAILED, PENDING, SENDING, SENT, message_bodies, messages, physicians, utcnow
+from outreach.outbox import DIGEST, log_line, settle_members, trail, trail_many, with_body
 from outreach.settings import Settings
 
 log = logging.getLogger(__name__)
 Clock = Callable[[], datetime]
-
+Claimed = Row[Any]  # a claimed message: its ``messages`` columns and its body (``outbox.with_body``)
+Regroup = Callable[[list[int], datetime], None]
 
 # What "the database is unavailable" looks like once ``store`` has had its say.
 DB_ERRORS = (DatabaseError, SQLAlchemyError)
+
+# A batch is judged by the gate when claimed, and again before each message
+# once this much time has passed: a long batch does not send on old news.
+GATE_FRESH_SECONDS = 1.0
 
 
 def worker_name() -> str:
@@ -61,26 +83,22 @@ def worker_name() -> str:
     return f"{socket.gethostname()[:60]}:{os.getpid()}:{secrets.token_hex(3)}"
 
 
-def one_line(text: object) -> str:
-    """Log and trail text on one line: a multi-line SMTP reply must not split a log event."""
-    return re.sub(r"\s*[\r\n]+\s*", " | ", str(text)).strip()
-
-
 @dataclass
 class _Outcome:
     """What the server said about one message, waiting to be written."""
 
     message_id: int
+    recipient: str
     at: datetime
-    values: dict
-    action: str
+    values: dict[str, Any]
+    action: str  # sent, failed or deferred: also the list of the report it is counted in
     detail: str
     digest: bool = False  # a digest settles the updates it carries
     undeliverable: str | None = None  # the server says the mailbox does not exist: mark the address
 
 
 @dataclass
-class _Backlog:
+class Backlog:
     """Outcomes the database could not take yet, and claims to hand back."""
 
     outcomes: list[_Outcome] = field(default_factory=list)
@@ -90,17 +108,6 @@ class _Backlog:
         return bool(self.outcomes or self.release)
 
 
-# Per database and worker: only this process knows what its server said while the database was away.
-_BACKLOGS: dict[tuple[str, str], _Backlog] = {}
-_BACKLOG_LOCK = threading.Lock()
-
-
-def _backlog(engine: Engine, worker: str) -> _Backlog:
-    key = (engine.url.render_as_string(hide_password=True), worker)  # no password kept in memory as a key
-    with _BACKLOG_LOCK:
-        return _BACKLOGS.setdefault(key, _Backlog())
-
-
 @dataclass
 class SendReport:
     sent: list[int] = field(default_factory=list)
@@ -108,6 +115,29 @@ class SendReport:
     failed: list[int] = field(default_factory=list)
     released: int = 0
     aborted: str | None = None
+
+
+def _count(report: SendReport, outcome: _Outcome) -> None:
+    """An outcome on record goes in the report and in the log (on the sending thread)."""
+    values = outcome.values
+    if outcome.action == "sent":
+        report.sent.append(outcome.message_id)
+        log.info("message %s sent to %s: %s", outcome.message_id, outcome.recipient, outcome.detail)
+    elif outcome.action == "failed":
+        report.failed.append(outcome.message_id)
+        log.error("message %s failed: %s", outcome.message_id, values["last_error"])
+    else:
+        report.deferred.append(outcome.message_id)
+        log.warning(
+            "message %s deferred (attempt %d): %s",
+            outcome.message_id,
+            values["attempts"],
+            values["last_error"],
+        )
+
+
+def _done(report: SendReport) -> set[int]:
+    return {*report.sent, *report.deferred, *report.failed}
 
 
 def backoff(settings: Settings, attempts: int) -> timedelta:
@@ -143,7 +173,7 @@ def release_expired(engine: Engine, now: datetime) -> int:
     return len(ids)
 
 
-def claim(engine: Engine, settings: Settings, limit: int, now: datetime, worker: str) -> list:
+def claim(engine: Engine, settings: Settings, limit: int, now: datetime, worker: str) -> list[Claimed]:
     """Lease up to ``limit`` due messages to this worker, most urgent first.
 
     Committed without waiting for the disk: a claim lost to a power cut only
@@ -180,74 +210,413 @@ def claim(engine: Engine, settings: Settings, limit: int, now: datetime, worker:
         )
 
 
-# A batch is judged by the gate when claimed, and again before each message
-# once this much time has passed: a long batch does not send on old news.
-GATE_FRESH_SECONDS = 1.0
-Regroup = Callable[[list[int], datetime], None]
+class Dispatcher:
+    """Sends due mail as one worker: claim, the gate, the backend, each outcome on record.
 
-
-def screen_claimed(
-    engine: Engine, settings: Settings, rows: list, worker: str, now: datetime, regroup: Regroup | None = None
-) -> list:
-    """The last gate: claimed messages that may no longer go leave the batch, the reason on record.
-
-    A digest with an update that may not go is cancelled; the rest of its
-    updates are combined again without it (``regroup``, given by the service,
-    which can render), or, without ``regroup``, by the next plan.
+    Made once and used for many passes (``send_due``): the backlog, what the
+    server said while the database was away, must outlive a pass, and only
+    this dispatcher knows it. ``regroup`` (given by the service, which can
+    render) combines again the updates of a digest the gate took apart.
     """
-    if not rows:
-        return rows
-    today = now.astimezone(settings.tz).date()
-    ids = [row.id for row in rows]
-    with store.read(engine) as conn:
-        if not gate.screen(conn, ids, today):
-            return rows  # the usual case: one read, nothing to write
-    with store.write(engine) as conn:
-        verdicts = gate.screen(conn, ids, today)  # again, inside the transaction that applies it
-        digests = {row.id for row in rows if _is_digest(row)} & ({*verdicts.refused} | {*verdicts.members})
-        singles = [refusal for i, refusal in verdicts.refused.items() if i not in digests]
-        gate.refuse(conn, singles, now, worker)
-        groups = [gate.take_apart(conn, digest_id, verdicts, now, worker) for digest_id in sorted(digests)]
-    for refusal in singles:
-        log.warning("message %s %s at the gate: %s", refusal.message_id, refusal.status, refusal.reason)
-    for remaining in groups:
-        if remaining and regroup is not None:
-            regroup(remaining, now)
-    out = {*verdicts.refused, *digests}
-    return [row for row in rows if row.id not in out]
+
+    def __init__(
+        self,
+        engine: Engine,
+        settings: Settings,
+        backend: Backend,
+        clock: Clock = utcnow,
+        *,
+        worker: str | None = None,
+        regroup: Regroup | None = None,
+    ) -> None:
+        self.engine = engine
+        self.settings = settings
+        self.backend = backend
+        self.clock = clock
+        self.worker = worker or worker_name()
+        self.regroup = regroup
+        self.backlog = Backlog()
+
+    def send_due(self, limit: int | None = None, stop: threading.Event | None = None) -> SendReport:
+        """Deliver due messages in batches until none is due, ``limit`` is reached or ``stop`` is set.
+
+        Every message passes the gate (``screen_claimed``) after its claim and
+        before the backend sees it.
+        """
+        self.flush_backlog()
+        report = SendReport(released=release_expired(self.engine, self.clock()))
+        remaining = limit
+        while not (stop and stop.is_set()) and (remaining is None or remaining > 0):
+            size = self.settings.batch_size if remaining is None else min(self.settings.batch_size, remaining)
+            rows = claim(self.engine, self.settings, size, self.clock(), self.worker)
+            if not rows:
+                break
+            if remaining is not None:
+                remaining -= len(rows)
+            batch = _Batch(self, rows, report, stop)
+            if batch.screen() and not batch.send():
+                break
+        return report
+
+    def deliver(self, row: Claimed) -> SendReport:
+        """Send one claimed message and record its outcome before returning (no second thread)."""
+        report = SendReport()
+        outcome = self._attempt(row, no_wait)
+        if self._record(outcome):
+            _count(report, outcome)
+        return report
+
+    def flush_backlog(self) -> int:
+        """Write what could not be written during an outage; hand back claims left unsent."""
+        backlog, written = self.backlog, 0
+        while backlog.outcomes:
+            self._finish(backlog.outcomes[0])
+            backlog.outcomes.pop(0)
+            written += 1
+        if backlog.release:
+            now = self.clock()
+            with store.write(self.engine) as conn:
+                self._hand_back(
+                    conn, sorted(backlog.release), now, "", now, "the database was unavailable mid-batch"
+                )
+            backlog.release.clear()
+        if written:
+            log.warning("recorded %d outcome(s) held while the database was unavailable", written)
+        return written
+
+    def screen_claimed(self, rows: list[Claimed], now: datetime) -> list[Claimed]:
+        """The last gate: claimed messages that may no longer go leave the batch, the reason on record.
+
+        A digest with an update that may not go is cancelled; the rest of its
+        updates are combined again without it (``regroup``), or, without
+        ``regroup``, by the next plan.
+        """
+        if not rows:
+            return rows
+        today = now.astimezone(self.settings.tz).date()
+        ids = [row.id for row in rows]
+        with store.read(self.engine) as conn:
+            if not gate.screen(conn, ids, today):
+                return rows  # the usual case: one read, nothing to write
+        with store.write(self.engine) as conn:
+            verdicts = gate.screen(conn, ids, today)  # again, inside the transaction that applies it
+            digests = {row.id for row in rows if _is_digest(row)} & (
+                {*verdicts.refused} | {*verdicts.members}
+            )
+            singles = [refusal for i, refusal in verdicts.refused.items() if i not in digests]
+            gate.refuse(conn, singles, now, self.worker)
+            groups = [gate.take_apart(conn, i, verdicts, now, self.worker) for i in sorted(digests)]
+        for refusal in singles:
+            log.warning("message %s %s at the gate: %s", refusal.message_id, refusal.status, refusal.reason)
+        for remaining in groups:
+            if remaining and self.regroup is not None:
+                self.regroup(remaining, now)
+        out = {*verdicts.refused, *digests}
+        return [row for row in rows if row.id not in out]
+
+    # --- one message ---------------------------------------------------------------------------
+
+    def _attempt(self, row: Claimed, before_data: Callable[[], None]) -> _Outcome:
+        """Offer one claimed message to the backend; what happened, to be recorded.
+
+        ``before_data`` runs just before the email is handed over.
+        """
+        attempts = row.attempts + 1
+        try:
+            msg = build_email(row, self.settings, self.clock())
+        except Exception as exc:  # a stored row no email can be made of: it will never go
+            return self._failure(row, attempts, f"cannot build the email: {_describe(exc)}", "")
+        try:
+            response = self.backend.send(msg, self.settings.from_addr, row.recipient, before_data)
+        except PermanentError as exc:
+            unknown = log_line(exc.reply) if isinstance(exc, RecipientUnknown) else None
+            return self._failure(row, attempts, log_line(exc), log_line(exc.reply), unknown)
+        except TransientError as exc:
+            return self._retry(row, attempts, log_line(exc), log_line(exc.reply))
+        except (BatchAbort, *DB_ERRORS):
+            raise
+        except Exception as exc:  # a backend bug or an odd reply: retry this one, keep the batch going
+            self.backend.close()
+            log.debug(
+                "message %s: unexpected error from the %s backend", row.id, self.backend.name, exc_info=True
+            )
+            return self._retry(row, attempts, _describe(exc), "")
+        now, response = self.clock(), log_line(response)
+        values = {
+            "status": SENT,
+            "attempts": attempts,
+            "sent_at": now,
+            "smtp_response": response,
+            "last_error": None,
+        }
+        return _Outcome(row.id, row.recipient, now, values, "sent", response, _is_digest(row))
+
+    def _failure(
+        self, row: Claimed, attempts: int, error: str, reply: str, undeliverable: str | None = None
+    ) -> _Outcome:
+        values = {"status": FAILED, "attempts": attempts, "last_error": error, "smtp_response": reply or None}
+        return _Outcome(
+            row.id, row.recipient, self.clock(), values, "failed", error, _is_digest(row), undeliverable
+        )
+
+    def _retry(self, row: Claimed, attempts: int, error: str, reply: str) -> _Outcome:
+        """Try again after a growing delay, or give up after the last attempt."""
+        if attempts >= self.settings.max_attempts:
+            return self._failure(row, attempts, f"gave up after {attempts} attempts: {error}", reply)
+        now = self.clock()
+        retry_at = now + backoff(self.settings, attempts)
+        values = {"status": PENDING, "attempts": attempts, "last_error": error, "next_attempt_at": retry_at}
+        detail = f"{error}; retry after {retry_at:%Y-%m-%d %H:%M:%S} UTC"
+        return _Outcome(row.id, row.recipient, now, values, "deferred", detail, _is_digest(row))
+
+    # --- the record ----------------------------------------------------------------------------
+
+    def _record(self, outcome: _Outcome, on: Callable[[], Connection] | None = None) -> bool:
+        """Write an outcome now, or keep it in the backlog for the next pass if the database is away.
+
+        ``on`` gives the connection to write on; reaching the database is part of
+        writing, so an outcome that cannot even connect is kept as well.
+        """
+        try:
+            return self._finish(outcome, on() if on else None)
+        except DB_ERRORS:
+            self.backlog.outcomes.append(outcome)
+            log.error(
+                "message %s: %s, but the database is unavailable; will record it when it is back",
+                outcome.message_id,
+                outcome.action,
+            )
+            raise
+
+    def _finish(self, outcome: _Outcome, on: Connection | None = None) -> bool:
+        """Record one outcome, only if this worker still holds the lease.
+
+        An acceptance is recorded even if the lease ran out meanwhile, as long as
+        nobody has claimed the message again: it did go, sending it again would
+        be a double. Written without waiting for the disk (see ``store.write``):
+        this runs once per message sent, and a killed process loses nothing.
+        """
+        values = {"lease_until": None, "updated_at": outcome.at, "claimed_by": None, **outcome.values}
+        if outcome.values.get("status") != PENDING:
+            values["claimed_by"] = self.worker  # who sent (or failed) it stays on record
+        statement = _finish_statement(outcome.action == "sent", tuple(sorted(values)))
+        with store.write(self.engine, durable=False, on=on) as conn:
+            params = {f"new_{key}": value for key, value in values.items()}
+            result = conn.execute(statement, {**params, "message": outcome.message_id, "worker": self.worker})
+            if result.rowcount:
+                trail(conn, outcome.message_id, outcome.at, outcome.action, outcome.detail)
+                if outcome.digest:
+                    settle_members(conn, outcome.message_id, outcome.values.get("status"), outcome.at)
+                if outcome.undeliverable:
+                    _mark_undeliverable(conn, outcome.message_id, outcome.undeliverable, outcome.at)
+                return True
+            current = conn.execute(
+                select(messages.c.status, messages.c.claimed_by).where(messages.c.id == outcome.message_id)
+            ).first()
+        if current is not None and current.status == outcome.values.get("status") == SENT:
+            return True  # written already: the commit went through before the connection dropped
+        log.warning(
+            "message %s: lease lost before its outcome was recorded (%s)", outcome.message_id, outcome.action
+        )
+        return False
+
+    # --- claims --------------------------------------------------------------------------------
+
+    def _release(self, rows: list[Claimed], now: datetime, reason: str, retry_at: datetime) -> None:
+        """Hand unsent messages back to the queue without counting an attempt."""
+        if not rows:
+            return
+        with store.write(self.engine) as conn:
+            self._hand_back(conn, [row.id for row in rows], now, reason, retry_at, "service stopping")
+
+    def _hand_back(
+        self, conn: Connection, ids: list[int], now: datetime, reason: str, retry_at: datetime, why: str
+    ) -> None:
+        """Claims of this worker back to ``pending``: ``deferred`` with a reason, else ``released``."""
+        mine = and_(messages.c.status == SENDING, messages.c.claimed_by == self.worker)
+        held = list(conn.execute(select(messages.c.id).where(messages.c.id.in_(ids), mine)).scalars())
+        if not held:
+            return
+        conn.execute(
+            update(messages)
+            .where(messages.c.id.in_(held), mine)
+            .values(
+                status=PENDING,
+                lease_until=None,
+                claimed_by=None,
+                next_attempt_at=retry_at,
+                last_error=reason or messages.c.last_error,
+                updated_at=now,
+            )
+        )
+        for message_id in held:
+            trail(conn, message_id, now, "deferred" if reason else "released", reason or why)
+
+    def _renew(self, ids: list[int]) -> tuple[datetime, set[int]]:
+        """Extend the lease on the messages still ours; returns the new expiry and those ids."""
+        now = self.clock()
+        lease_until = now + timedelta(seconds=self.settings.lease_seconds)
+        mine = and_(
+            messages.c.id.in_(ids), messages.c.status == SENDING, messages.c.claimed_by == self.worker
+        )
+        with store.write(self.engine) as conn:
+            conn.execute(update(messages).where(mine).values(lease_until=lease_until))
+            held = set(conn.execute(select(messages.c.id).where(mine)).scalars())
+        return lease_until, held
 
 
-def _finish(engine: Engine, worker: str, outcome: _Outcome, on: Connection | None = None) -> bool:
-    """Record one outcome, only if this worker still holds the lease.
+class _Recorder:
+    """Writes outcomes on a second thread while the sending thread talks to the server.
 
-    An acceptance is recorded even if the lease ran out meanwhile, as long as
-    nobody has claimed the message again: it did go, sending it again would
-    be a double. Written without waiting for the disk (see ``store.write``):
-    this runs once per message sent, and a killed process loses nothing.
+    A one-worker executor with one connection for the batch (outcomes come
+    fast). At most one outcome is in flight: ``submit`` and ``settle`` (which
+    the backend runs just before DATA) wait for the one before, so no more
+    than one accepted message is ever unrecorded, as when outcomes were
+    written in line. The sending thread counts each outcome in the report once
+    it is on record; a database error while writing it comes out of
+    ``settle``, the outcome kept in the backlog.
     """
-    values = {"lease_until": None, "updated_at": outcome.at, "claimed_by": None, **outcome.values}
-    if outcome.values.get("status") != PENDING:
-        values["claimed_by"] = worker  # who sent (or failed) it stays on record
-    statement = _finish_statement(outcome.action == "sent", tuple(sorted(values)))
-    with store.write(engine, durable=False, on=on) as conn:
-        params = {f"new_{key}": value for key, value in values.items()}
-        result = conn.execute(statement, {**params, "message": outcome.message_id, "worker": worker})
-        if result.rowcount:
-            trail(conn, outcome.message_id, outcome.at, outcome.action, outcome.detail)
-            if outcome.digest:
-                settle_members(conn, outcome.message_id, outcome.values.get("status"), outcome.at)
-            if outcome.undeliverable:
-                _mark_undeliverable(conn, outcome.message_id, outcome.undeliverable, outcome.at)
-            return True
-        current = conn.execute(
-            select(messages.c.status, messages.c.claimed_by).where(messages.c.id == outcome.message_id)
-        ).first()
-    if current is not None and current.status == outcome.values.get("status") == SENT:
-        return True  # written already: the commit went through before the connection dropped
-    log.warning(
-        "message %s: lease lost before its outcome was recorded (%s)", outcome.message_id, outcome.action
-    )
-    return False
+
+    def __init__(self, dispatcher: Dispatcher, report: SendReport) -> None:
+        self._dispatcher, self._report = dispatcher, report
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outreach-recorder")
+        self._conn: Connection | None = None  # used on the recording thread only
+        self._in_flight: tuple[Future[bool], _Outcome] | None = None
+        self._closed = False
+
+    def submit(self, outcome: _Outcome) -> None:
+        """Record ``outcome`` on the second thread; returns at once."""
+        self.settle()
+        self._in_flight = (self._executor.submit(self._write, outcome), outcome)
+
+    def settle(self) -> None:
+        """Until the outcome in flight is on record; counts it; raises what recording it raised."""
+        if self._in_flight is None:
+            return
+        future, outcome = self._in_flight
+        self._in_flight = None
+        if future.result():  # else the lease was lost: the new holder reports it
+            _count(self._report, outcome)
+
+    def close(self, quietly: bool = False) -> None:
+        """Settle the last outcome, close the connection, stop the thread.
+
+        Raises what ``settle`` raises, unless ``quietly``.
+        """
+        if self._closed:
+            return
+        try:
+            self.settle()
+        except BaseException:
+            if not quietly:
+                raise
+        finally:
+            self._closed = True
+            self._executor.submit(self._disconnect)
+            self._executor.shutdown()
+
+    def _write(self, outcome: _Outcome) -> bool:
+        try:
+            return self._dispatcher._record(outcome, self._connection)
+        except BaseException:
+            self._disconnect()  # a connection in doubt: the next outcome gets a new one
+            raise
+
+    def _connection(self) -> Connection:
+        if self._conn is None:
+            self._conn = store.connection(self._dispatcher.engine)
+        return self._conn
+
+    def _disconnect(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.close()
+
+
+class _Batch:
+    """One claimed batch on its way out: its lease, the gate's verdict, its recorder."""
+
+    def __init__(
+        self, dispatcher: Dispatcher, rows: list[Claimed], report: SendReport, stop: threading.Event | None
+    ) -> None:
+        self.dispatcher, self.rows, self.report, self.stop = dispatcher, rows, report, stop
+        self.judged_at: datetime | None = None
+        self.refused: set[int] = set()
+
+    def screen(self) -> bool:
+        """The gate on the whole batch as claimed; whether any message may go."""
+        self._judge(self.rows)
+        self.rows = [row for row in self.rows if row.id not in self.refused]
+        return bool(self.rows)
+
+    def send(self) -> bool:
+        """Each message in turn, its outcome recorded beside; False when sending must stop for now."""
+        recorder = _Recorder(self.dispatcher, self.report)
+        try:
+            going = self._offer(recorder)
+            recorder.close()
+            return going
+        except DB_ERRORS:
+            # The database went away mid-batch: what is not sent is handed back when it returns.
+            recorder.close(quietly=True)  # an outcome it could not write is in the backlog already
+            backlog = self.dispatcher.backlog
+            done = _done(self.report) | {outcome.message_id for outcome in backlog.outcomes}
+            backlog.release.update(row.id for row in self.rows if row.id not in done)
+            raise
+        finally:
+            recorder.close(quietly=True)
+            self.dispatcher.backend.close()
+
+    def _offer(self, recorder: _Recorder) -> bool:
+        d = self.dispatcher
+        lease = timedelta(seconds=d.settings.lease_seconds)
+        lease_until, held = d.clock() + lease, {row.id for row in self.rows}
+        try:
+            d.backend.open()
+            for index, row in enumerate(self.rows):
+                if self.stop is not None and self.stop.is_set():
+                    recorder.settle()
+                    now = d.clock()
+                    d._release(self.rows[index:], now, "", now)
+                    return False
+                if d.clock() > lease_until - lease / 2:
+                    recorder.settle()
+                    lease_until, held = d._renew([r.id for r in self.rows[index:]])
+                if row.id not in held:
+                    log.warning("message %s: lease lost before sending; left to its new sender", row.id)
+                    continue
+                if not self._allowed(index, recorder):
+                    continue
+                recorder.submit(d._attempt(row, recorder.settle))
+        except BatchAbort as exc:
+            recorder.settle()
+            self._abort(exc)
+            return False
+        return True
+
+    def _judge(self, rows: list[Claimed]) -> None:
+        self.judged_at = self.dispatcher.clock()
+        kept = self.dispatcher.screen_claimed(rows, self.judged_at)
+        self.refused |= {row.id for row in rows} - {row.id for row in kept}
+
+    def _allowed(self, index: int, recorder: _Recorder) -> bool:
+        """Whether the message at ``index`` may go; the rest is judged again once the verdict is old."""
+        fresh = timedelta(seconds=GATE_FRESH_SECONDS)
+        if self.judged_at is None or self.dispatcher.clock() - self.judged_at > fresh:
+            recorder.settle()  # the recorder's writes first: one writer at a time on SQLite
+            self._judge(self.rows[index:])
+        return self.rows[index].id not in self.refused
+
+    def _abort(self, exc: BatchAbort) -> None:
+        """Nothing can be sent now: the unsent go back to the queue with the reason."""
+        d = self.dispatcher
+        now = d.clock()
+        unsent = [row for row in self.rows if row.id not in _done(self.report)]
+        reason = log_line(exc)
+        d._release(unsent, now, reason, now + timedelta(seconds=d.settings.retry_base_seconds))
+        self.report.aborted = reason
+        log.error("sending stopped, %d message(s) left queued: %s", len(unsent), reason)
 
 
 def _mark_undeliverable(conn: Connection, message_id: int, reason: str, at: datetime) -> None:
@@ -265,9 +634,9 @@ def _mark_undeliverable(conn: Connection, message_id: int, reason: str, at: date
 
 
 @functools.cache
-def _finish_statement(accepted: bool, columns: tuple[str, ...]):
+def _finish_statement(accepted: bool, columns: tuple[str, ...]) -> Update:
     """The outcome update, built once per shape: it runs for every message sent."""
-    worker = bindparam("worker")
+    worker: BindParameter[str] = bindparam("worker")
     mine = and_(messages.c.status == SENDING, messages.c.claimed_by == worker)
     released = and_(messages.c.status == PENDING, messages.c.claimed_by.is_(None))
     allowed = or_(mine, released) if accepted else mine
@@ -278,448 +647,15 @@ def _finish_statement(accepted: bool, columns: tuple[str, ...]):
     )
 
 
-def _record(
-    engine: Engine, worker: str, outcome: _Outcome, on: Callable[[], Connection] | None = None
-) -> bool:
-    """Write an outcome now, or keep it for the next pass if the database is away.
-
-    ``on`` gives the connection to write on; reaching the database is part of
-    writing, so an outcome that cannot even connect is kept as well.
-    """
-    try:
-        return _finish(engine, worker, outcome, on() if on else None)
-    except DB_ERRORS:
-        _backlog(engine, worker).outcomes.append(outcome)
-        log.error(
-            "message %s: %s, but the database is unavailable; will record it when it is back",
-            outcome.message_id,
-            outcome.action,
-        )
-        raise
-
-
-def flush_backlog(engine: Engine, worker: str, now: datetime) -> int:
-    """Write what could not be written during an outage; hand back claims left unsent."""
-    backlog = _backlog(engine, worker)
-    written = 0
-    while backlog.outcomes:
-        _finish(engine, worker, backlog.outcomes[0])
-        backlog.outcomes.pop(0)
-        written += 1
-    if backlog.release:
-        ids = sorted(backlog.release)
-        with store.write(engine) as conn:
-            _hand_back(conn, ids, worker, now, "", now, "the database was unavailable mid-batch")
-        backlog.release.clear()
-    if written:
-        log.warning("recorded %d outcome(s) held while the database was unavailable", written)
-    return written
-
-
-def _release(engine: Engine, rows: list, worker: str, now: datetime, reason: str, retry_at: datetime) -> None:
-    """Hand unsent messages back to the queue without counting an attempt."""
-    if not rows:
-        return
-    with store.write(engine) as conn:
-        _hand_back(conn, [row.id for row in rows], worker, now, reason, retry_at, "service stopping")
-
-
-def _hand_back(
-    conn: Connection, ids: list[int], worker: str, now: datetime, reason: str, retry_at, why: str
-) -> None:
-    """Claims of this worker back to ``pending``: ``deferred`` with a reason, else ``released``."""
-    mine = and_(messages.c.status == SENDING, messages.c.claimed_by == worker)
-    held = list(conn.execute(select(messages.c.id).where(messages.c.id.in_(ids), mine)).scalars())
-    if not held:
-        return
-    conn.execute(
-        update(messages)
-        .where(messages.c.id.in_(held), mine)
-        .values(
-            status=PENDING,
-            lease_until=None,
-            claimed_by=None,
-            next_attempt_at=retry_at,
-            last_error=reason or messages.c.last_error,
-            updated_at=now,
-        )
-    )
-    for message_id in held:
-        trail(conn, message_id, now, "deferred" if reason else "released", reason or why)
-
-
-def _renew(engine: Engine, settings: Settings, worker: str, ids: list[int], now: datetime):
-    """Extend the lease on the messages still ours; returns the new expiry and those ids."""
-    lease_until = now + timedelta(seconds=settings.lease_seconds)
-    mine = and_(messages.c.id.in_(ids), messages.c.status == SENDING, messages.c.claimed_by == worker)
-    with store.write(engine) as conn:
-        conn.execute(update(messages).where(mine).values(lease_until=lease_until))
-        held = set(conn.execute(select(messages.c.id).where(mine)).scalars())
-    return lease_until, held
-
-
-class Recorder:
-    """A second thread that records each outcome and builds the next email.
-
-    The sending thread spends most of its time waiting for the SMTP server;
-    this thread works meanwhile. The next email is handed over (SMTP DATA)
-    only once the previous outcome is on record (``wait``, which the backend
-    calls just before), so no more than one accepted message is ever
-    unrecorded, as when outcomes were written in line. A database error
-    raised while recording comes out of the next ``wait``.
-    """
-
-    def __init__(self, engine: Engine, worker: str):
-        self._engine, self._worker = engine, worker
-        self._conn: Connection | None = None
-        self._jobs: deque[tuple] = deque()
-        self._unrecorded = 0
-        self._building: set[int] = set()
-        self._built: dict[int, object] = {}
-        self._error: BaseException | None = None
-        self._closed = False
-        self._changed = threading.Condition()
-        self._thread = threading.Thread(target=self._run, name="outreach-recorder", daemon=True)
-        self._thread.start()
-
-    def submit(self, outcome: _Outcome, done: Callable[[bool], None]) -> None:
-        """Record ``outcome``, then call ``done(recorded)``; returns at once."""
-        self.wait()
-        with self._changed:
-            self._unrecorded += 1
-            self._jobs.append((outcome, done))
-            self._changed.notify_all()
-
-    def build_ahead(self, row, build: Callable[[], object]) -> None:
-        """Build ``row``'s email while the current one is being sent."""
-        with self._changed:
-            self._building.add(row.id)
-            self._jobs.append((row.id, build))
-            self._changed.notify_all()
-
-    def email_for(self, row, build: Callable[[], object]):
-        """The email built ahead for ``row`` (or built now); raises what building raised."""
-        with self._changed:
-            while row.id in self._building:
-                self._changed.wait()
-            built = self._built.pop(row.id, None)
-        if built is None:
-            return build()
-        if isinstance(built, Exception):
-            raise built
-        return built
-
-    def wait(self) -> None:
-        """Until every outcome submitted is on record; raises what recording one raised."""
-        with self._changed:
-            while self._unrecorded:
-                self._changed.wait()
-            error, self._error = self._error, None
-        if error is not None:
-            raise error
-
-    def close(self, quietly: bool = False) -> None:
-        """Finish the last outcome and stop the thread; raises as ``wait`` does unless ``quietly``."""
-        if self._closed:
-            return
-        try:
-            self.wait()
-        except BaseException:
-            if not quietly:
-                raise
-        finally:
-            with self._changed:
-                self._closed = True
-                self._changed.notify_all()
-            self._thread.join()
-
-    def _connection(self) -> Connection:
-        """One connection for the batch: outcomes come fast."""
-        if self._conn is None:
-            self._conn = store.connection(self._engine)
-        return self._conn
-
-    def _disconnect(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            with contextlib.suppress(Exception):
-                conn.close()
-
-    def _run(self) -> None:
-        try:
-            self._work()
-        finally:
-            self._disconnect()
-
-    def _work(self) -> None:
-        while True:
-            with self._changed:
-                while not self._jobs and not self._closed:
-                    self._changed.wait()
-                if not self._jobs:
-                    return
-                job = self._jobs.popleft()
-            if isinstance(job[0], _Outcome):
-                self._record(*job)
-            else:
-                self._build(*job)
-
-    def _record(self, outcome: _Outcome, done: Callable[[bool], None]) -> None:
-        error = None
-        try:
-            done(_record(self._engine, self._worker, outcome, self._connection))
-        except BaseException as exc:  # handed to the sending thread at its next wait
-            error = exc
-            self._disconnect()
-        with self._changed:
-            self._unrecorded -= 1
-            self._error = self._error or error
-            self._changed.notify_all()
-
-    def _build(self, row_id: int, build: Callable[[], object]) -> None:
-        try:
-            built = build()
-        except Exception as exc:  # reported when the email is asked for
-            built = exc
-        with self._changed:
-            self._built[row_id] = built
-            self._building.discard(row_id)
-            self._changed.notify_all()
-
-
-class _InLine:
-    """Records each outcome before returning (``deliver`` called on its own)."""
-
-    def __init__(self, engine: Engine, worker: str):
-        self._engine, self._worker = engine, worker
-
-    def submit(self, outcome: _Outcome, done: Callable[[bool], None]) -> None:
-        done(_record(self._engine, self._worker, outcome))
-
-    def email_for(self, row, build: Callable[[], object]):
-        return build()
-
-    def wait(self) -> None:
-        pass
-
-
-def deliver(
-    engine: Engine,
-    settings: Settings,
-    backend: Backend,
-    row,
-    worker: str,
-    clock: Clock,
-    report: SendReport,
-    recorder: Recorder | None = None,
-) -> None:
-    """Send one claimed message and record what happened to it."""
-    record = recorder or _InLine(engine, worker)
-    attempts = row.attempts + 1
-    try:
-        msg = record.email_for(row, lambda: build_email(row, settings, clock()))
-    except Exception as exc:  # a stored row no email can be made of: it will never go
-        _failed(record, row, clock(), attempts, f"cannot build the email: {_describe(exc)}", "", report)
-        return
-    try:
-        response = backend.send(msg, settings.from_addr, row.recipient, before_data=record.wait)
-    except PermanentError as exc:
-        unknown = one_line(exc.reply) if isinstance(exc, RecipientUnknown) else None
-        _failed(record, row, clock(), attempts, one_line(exc), one_line(exc.reply), report, unknown)
-        return
-    except TransientError as exc:
-        _transient(record, settings, row, clock(), attempts, one_line(exc), one_line(exc.reply), report)
-        return
-    except (BatchAbort, *DB_ERRORS):
-        raise
-    except Exception as exc:  # a backend bug or an odd reply: retry this one, keep the batch going
-        backend.close()
-        log.debug("message %s: unexpected error from the %s backend", row.id, backend.name, exc_info=True)
-        _transient(record, settings, row, clock(), attempts, _describe(exc), "", report)
-        return
-    now, response = clock(), one_line(response)
-    values = {
-        "status": SENT,
-        "attempts": attempts,
-        "sent_at": now,
-        "smtp_response": response,
-        "last_error": None,
-    }
-
-    def sent(recorded: bool) -> None:
-        if recorded:
-            report.sent.append(row.id)
-            log.info("message %s sent to %s: %s", row.id, row.recipient, response)
-
-    record.submit(_Outcome(row.id, now, values, "sent", response, _is_digest(row)), sent)
-
-
-def _is_digest(row) -> bool:
-    return row.kind == DIGEST
+def _is_digest(row: Claimed) -> bool:
+    return bool(row.kind == DIGEST)
 
 
 def _describe(exc: BaseException) -> str:
-    return one_line(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
+    return log_line(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
 
 
-def _failed(
-    record, row, now, attempts: int, error: str, reply: str, report: SendReport, undeliverable=None
-) -> None:
-    values = {"status": FAILED, "attempts": attempts, "last_error": error, "smtp_response": reply or None}
-
-    def failed(recorded: bool) -> None:
-        if recorded:  # else the lease was lost: the new holder reports it
-            report.failed.append(row.id)
-            log.error("message %s failed: %s", row.id, error)
-
-    outcome = _Outcome(row.id, now, values, "failed", error, _is_digest(row), undeliverable)
-    record.submit(outcome, failed)
-
-
-def _transient(record, settings, row, now, attempts: int, error: str, reply: str, report) -> None:
-    """Try again after a growing delay, or give up after the last attempt."""
-    if attempts >= settings.max_attempts:
-        _failed(record, row, now, attempts, f"gave up after {attempts} attempts: {error}", reply, report)
-        return
-    retry_at = now + backoff(settings, attempts)
-    values = {"status": PENDING, "attempts": attempts, "last_error": error, "next_attempt_at": retry_at}
-    detail = f"{error}; retry after {retry_at:%Y-%m-%d %H:%M:%S} UTC"
-
-    def deferred(recorded: bool) -> None:
-        if recorded:  # else the lease was lost: the new holder reports it
-            report.deferred.append(row.id)
-            log.warning("message %s deferred (attempt %d): %s", row.id, attempts, error)
-
-    record.submit(_Outcome(row.id, now, values, "deferred", detail, _is_digest(row)), deferred)
-
-
-def send_due(
-    engine: Engine,
-    settings: Settings,
-    backend: Backend,
-    clock: Clock,
-    limit: int | None = None,
-    stop: threading.Event | None = None,
-    worker: str | None = None,
-    regroup: Regroup | None = None,
-) -> SendReport:
-    """Deliver due messages in batches until none is due, ``limit`` is reached or ``stop`` is set.
-
-    Every message passes the gate (``screen_claimed``) after its claim and
-    before the backend sees it; ``regroup`` combines again the updates of a
-    digest the gate took apart.
-    """
-    worker = worker or _default_worker()
-    flush_backlog(engine, worker, clock())
-    report = SendReport(released=release_expired(engine, clock()))
-    remaining = limit
-    while not (stop and stop.is_set()) and (remaining is None or remaining > 0):
-        size = settings.batch_size if remaining is None else min(settings.batch_size, remaining)
-        batch = claim(engine, settings, size, clock(), worker)
-        if not batch:
-            break
-        if remaining is not None:
-            remaining -= len(batch)
-        gated = _Gated(engine, settings, worker, clock, regroup)
-        batch = gated.screen(batch)
-        if batch and not _send_batch(engine, settings, backend, batch, worker, clock, stop, report, gated):
-            break
-    return report
-
-
-_PROCESS_WORKER: dict[int, str] = {}
-
-
-def _default_worker() -> str:
-    """One name per process (a fork gets its own), so its backlog is found again."""
-    return _PROCESS_WORKER.setdefault(os.getpid(), worker_name())
-
-
-@dataclass
-class _Gated:
-    """The gate for one batch: judged when claimed, judged again when the verdict grows old."""
-
-    engine: Engine
-    settings: Settings
-    worker: str
-    clock: Clock
-    regroup: Regroup | None
-    at: datetime | None = None
-    refused: set[int] = field(default_factory=set)
-
-    def screen(self, rows: list) -> list:
-        self.at = self.clock()
-        kept = screen_claimed(self.engine, self.settings, rows, self.worker, self.at, self.regroup)
-        self.refused |= {row.id for row in rows} - {row.id for row in kept}
-        return kept
-
-    def still_allowed(self, rest: list, recorder) -> bool:
-        """Whether ``rest[0]`` may go; the rest of the batch is judged again if the verdict is old."""
-        if self.at is None or self.clock() - self.at > timedelta(seconds=GATE_FRESH_SECONDS):
-            recorder.wait()  # the recorder's writes first: one writer at a time on SQLite
-            self.screen(rest)
-        return rest[0].id not in self.refused
-
-
-def _send_batch(engine, settings, backend, batch, worker, clock, stop, report, gated=None) -> bool:
-    """One connection and one recorder for the batch; False when sending must stop for now."""
-    recorder = Recorder(engine, worker)
-    gated = gated or _Gated(engine, settings, worker, clock, None)
-    try:
-        going = _offer_batch(engine, settings, backend, batch, worker, clock, stop, report, recorder, gated)
-        recorder.close()
-        return going
-    except DB_ERRORS:
-        # The database went away mid-batch: what is not sent is handed back when it returns.
-        recorder.close(quietly=True)  # an outcome it could not write is in the backlog already
-        backlog = _backlog(engine, worker)
-        waiting = {o.message_id for o in backlog.outcomes}
-        backlog.release.update(row.id for row in batch if row.id not in _done(report) | waiting)
-        raise
-    finally:
-        recorder.close(quietly=True)
-        backend.close()
-
-
-def _offer_batch(engine, settings, backend, batch, worker, clock, stop, report, recorder, gated) -> bool:
-    lease_until = clock() + timedelta(seconds=settings.lease_seconds)
-    held = {row.id for row in batch}
-    try:
-        backend.open()
-        for index, row in enumerate(batch):
-            if stop is not None and stop.is_set():
-                recorder.wait()
-                _release(engine, batch[index:], worker, clock(), "", clock())
-                return False
-            if clock() > lease_until - timedelta(seconds=settings.lease_seconds / 2):
-                recorder.wait()
-                lease_until, held = _renew(engine, settings, worker, [r.id for r in batch[index:]], clock())
-            if row.id not in held:
-                log.warning("message %s: lease lost before sending; left to its new sender", row.id)
-                continue
-            if not gated.still_allowed(batch[index:], recorder):
-                continue
-            if index + 1 < len(batch):
-                upcoming = batch[index + 1]
-                recorder.build_ahead(upcoming, lambda r=upcoming: build_email(r, settings, clock()))
-            deliver(engine, settings, backend, row, worker, clock, report, recorder)
-    except BatchAbort as exc:
-        recorder.wait()
-        now = clock()
-        unsent = [row for row in batch if row.id not in _done(report)]
-        reason = one_line(exc)
-        _release(engine, unsent, worker, now, reason, now + timedelta(seconds=settings.retry_base_seconds))
-        report.aborted = reason
-        log.error("sending stopped, %d message(s) left queued: %s", len(unsent), reason)
-        return False
-    return True
-
-
-def _done(report: SendReport) -> set[int]:
-    return {*report.sent, *report.deferred, *report.failed}
-
-
-def _rendered():
+def _rendered() -> Exists:
     """The message has a body to send (not a template error's empty one)."""
     return exists().where(message_bodies.c.message_id == messages.c.id, message_bodies.c.html != "")
 

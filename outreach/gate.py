@@ -15,12 +15,27 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, replace
 from datetime import date, datetime, timedelta
+from typing import Any
 
 from sqlalchemy import Connection, literal, select, update
 
 from outreach import store
 from outreach.consent import consent_problem
-from outreach.models import CANCELLED, PENDING, SENDING, SUPPRESSED, clients, messages, physicians
+from outreach.models import (
+    ADDRESS_CHANGED,
+    CANCELLED,
+    CONSENT,
+    DIGEST_REBUILT,
+    MOVED,
+    OPTED_OUT,
+    PENDING,
+    SENDING,
+    SUPPRESSED,
+    UNDELIVERABLE,
+    clients,
+    messages,
+    physicians,
+)
 from outreach.outbox import trail_many
 
 log = logging.getLogger(__name__)
@@ -36,8 +51,9 @@ class Refusal:
 
     message_id: int
     status: str  # SUPPRESSED (may go later, e.g. once consent is back) or CANCELLED
-    reason: str
+    reason: str  # the sentence a person reads (``last_error``)
     replan: bool = False  # its dedupe key is freed so the planner queues it for the right recipient
+    reason_code: str | None = None  # one of ``models.REASONS`` (``messages.reason``)
 
 
 @dataclass(frozen=True)
@@ -89,6 +105,7 @@ def judge(row, today: date) -> Refusal | None:
             f"the client is now referred to {row.physician_now_email}: not sent to the former "
             "physician; what is still due goes to the new one",
             replan=True,
+            reason_code=MOVED,
         )
     if row.physician_email is not None and row.recipient.lower() != row.physician_email.lower():
         return Refusal(
@@ -96,14 +113,18 @@ def judge(row, today: date) -> Refusal | None:
             CANCELLED,
             f"the physician's address is now {row.physician_email}: not sent to {row.recipient}",
             replan=True,
+            reason_code=ADDRESS_CHANGED,
         )
     if row.needs_consent and row.client_id is not None:
         problem = consent_problem(row.consent_date, row.consent_expires, row.consent_revoked_on, today)
         if problem:
-            return Refusal(row.id, SUPPRESSED, f"{problem}: not sent")
+            return Refusal(row.id, SUPPRESSED, f"{problem}: not sent", reason_code=CONSENT)
     if row.kind == "relationship" and row.opted_out_on is not None:
         return Refusal(
-            row.id, SUPPRESSED, f"physician opted out of non-clinical mail on {row.opted_out_on}: not sent"
+            row.id,
+            SUPPRESSED,
+            f"physician opted out of non-clinical mail on {row.opted_out_on}: not sent",
+            reason_code=OPTED_OUT,
         )
     if row.undeliverable_on is not None:
         why = f" ({row.undeliverable_reason})" if row.undeliverable_reason else ""
@@ -111,6 +132,7 @@ def judge(row, today: date) -> Refusal | None:
             row.id,
             SUPPRESSED,
             f"address {row.recipient} marked undeliverable on {row.undeliverable_on}{why}: not sent",
+            reason_code=UNDELIVERABLE,
         )
     return None
 
@@ -133,7 +155,7 @@ def screen(conn: Connection, ids: list[int], today: date) -> Verdicts:
 
 
 def refuse(conn: Connection, refusals: list[Refusal], now: datetime, worker: str | None = None) -> list[int]:
-    """Apply refusals: the new status, the reason on record and in the trail.
+    """Apply refusals: the new status, the reason (code and sentence) on record and in the trail.
 
     With ``worker``, only messages this worker still holds are touched (a
     claimed message); without, only pending ones (the updates in a digest).
@@ -147,9 +169,10 @@ def refuse(conn: Connection, refusals: list[Refusal], now: datetime, worker: str
             if worker is not None
             else messages.c.status == PENDING
         )
-        values = {
+        values: dict[str, Any] = {
             "status": refusal.status,
             "last_error": refusal.reason,
+            "reason": refusal.reason_code,
             "lease_until": None,
             "updated_at": now,
         }
@@ -181,7 +204,7 @@ def take_apart(
     if digest_id in verdicts.refused:
         why = verdicts.refused[digest_id].reason + (f"; {why}" if why else "")
     reason = f"rebuilt without the updates that may not go ({why})" if remaining else f"not sent: {why}"
-    if not refuse(conn, [Refusal(digest_id, CANCELLED, reason)], now, worker):
+    if not refuse(conn, [Refusal(digest_id, CANCELLED, reason, reason_code=DIGEST_REBUILT)], now, worker):
         return []  # not ours to take apart (being sent by another worker, or gone already)
     note = f" (taken out of digest message {digest_id})"
     refuse(conn, [replace(r, reason=r.reason + note) for r in failing.values()], now)

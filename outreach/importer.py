@@ -1,5 +1,9 @@
 """CSV import of physicians, clients, events and measures.
 
+The importer reads files and checks rows; the rules for each value and the
+writing of each row are ``records``' (the one write path), which the CLI
+and the demo use too.
+
 All or nothing: every row is checked first and every bad row is reported
 with its line number; only a clean file (or ``skip_invalid``) writes, and it
 writes in one transaction. Re-importing updates physicians by email and
@@ -13,27 +17,37 @@ characters; a longer one is a bad row like any other.
 from __future__ import annotations
 
 import csv
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from sqlalchemy import Connection, Engine, select, update
+from sqlalchemy import Connection, Engine, Table, select
 
 from outreach import store
 from outreach.errors import ImportFileError, OutreachError
-from outreach.instruments import lookup
-from outreach.models import (
-    CLIENT_STATUSES,
-    EVENT_KINDS,
-    clients,
-    events,
-    measurements,
-    physicians,
+from outreach.models import clients, events, measurements, physicians
+from outreach.records import (
+    TEXT_LIMIT,
+    RowError,
+    fits,
+    not_in_future,
+    parse_date,
+    parse_datetime,
+    parse_email,
+    parse_event_kind,
+    parse_score,
+    parse_status,
+    record_event,
+    record_measure,
+    save_client,
+    save_physician,
+    single_line,
+    write_audit,
 )
-from outreach.settings import Settings, address_problem
+from outreach.settings import Settings
 from outreach.windows import parse_window
 
 
@@ -100,9 +114,6 @@ SPECS = {
 }
 
 
-# A free-text cell (note, diagnosis, precautions, goals, plan) holds at most this many
-# characters: a clinical note is a few hundred; 64 K is a pasted document.
-TEXT_LIMIT = 64 * 1024
 # The csv module refuses a cell over 128 K characters, and with it the whole file;
 # read up to this much, so a longer note is one bad row that --skip-invalid can skip.
 FIELD_LIMIT = 16 * 1024 * 1024
@@ -110,83 +121,6 @@ FIELD_LIMIT = 16 * 1024 * 1024
 # What a repeated row repeats, in the user's words (see ``_Checker.once``).
 SAME_PHYSICIAN, SAME_CLIENT = "same email", "same ref"
 SAME_EVENT, SAME_MEASURE = "same client, kind and time", "same client, instrument and day"
-
-
-class RowError(ValueError):
-    """One problem with one row; the message names the column."""
-
-
-# --- value parsers (shared with the CLI) ----------------------------------------
-
-
-def single_line(value: str, column: str) -> str:
-    if any(ch in value for ch in "\r\n\x00"):
-        raise RowError(f"{column}: must be a single line (found a line break)")
-    return value.strip()
-
-
-def parse_email(value: str, column: str = "email") -> str:
-    value = value.strip()
-    problem = address_problem(value)
-    if problem:
-        raise RowError(f"{column}: {problem}")
-    return value.lower()
-
-
-def parse_date(value: str, column: str) -> date | None:
-    value = value.strip()
-    if not value:
-        return None
-    try:
-        return date.fromisoformat(value)
-    except ValueError:
-        raise RowError(f"{column}: {value!r} is not a date (YYYY-MM-DD)") from None
-
-
-def parse_datetime(value: str, column: str, tz: ZoneInfo) -> datetime:
-    """ISO 8601; without a zone it is the practice's local time; a date alone is midnight."""
-    value = value.strip()
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        raise RowError(f"{column}: {value!r} is not a date-time (ISO 8601, e.g. 2026-11-26T09:30)") from None
-    if len(value) == 10:
-        parsed = datetime.combine(parsed.date(), time(9, 0))
-    parsed = parsed if parsed.tzinfo else parsed.replace(tzinfo=tz)
-    try:
-        if parsed.astimezone(UTC).year < 1900:
-            raise RowError(f"{column}: {value!r} is before 1900")
-    except OverflowError:
-        raise RowError(f"{column}: {value!r} is out of range") from None
-    return parsed
-
-
-def parse_score(value: str, instrument_name: str) -> tuple[str, float]:
-    instrument = lookup(instrument_name)
-    if instrument is None:
-        raise RowError(f"instrument: {instrument_name!r} is not a known outcome measure")
-    try:
-        score = float(value)
-    except ValueError:
-        raise RowError(f"score: {value!r} is not a number") from None
-    if not math.isfinite(score) or not instrument.in_range(score):
-        raise RowError(f"score: {value} is outside the {instrument.code} range ({instrument.range_text})")
-    return instrument.code, score
-
-
-def parse_event_kind(value: str) -> str:
-    kind = value.strip().lower()
-    if kind not in EVENT_KINDS:
-        raise RowError(f"kind: {value!r} is not a known event kind ({', '.join(EVENT_KINDS)})")
-    return kind
-
-
-def not_in_future(moment: datetime | date | None, now: datetime, column: str) -> None:
-    if moment is None:
-        return
-    limit = now + timedelta(hours=1)
-    if (moment > limit) if isinstance(moment, datetime) else (moment > limit.date()):
-        raise RowError(f"{column}: {moment} is in the future")
 
 
 # --- reading the file ----------------------------------------------------------------
@@ -259,9 +193,19 @@ def separator_hint(path: Path, header: list[str]) -> None:
 
 
 def import_file(
-    engine: Engine, settings: Settings, kind: str, path: Path, now: datetime, skip_invalid: bool = False
+    engine: Engine,
+    settings: Settings,
+    kind: str,
+    path: Path,
+    now: datetime,
+    skip_invalid: bool = False,
+    actor: str | None = None,
 ) -> ImportReport:
-    """Check every row, then write all of them in one transaction (or none)."""
+    """Check every row, then write all of them in one transaction (or none).
+
+    A file that changed something leaves one ``audit`` row (by ``actor``,
+    the login running the import unless named): the file says the rest.
+    """
     spec = SPECS[kind]
     path = Path(path)
     rows, problems = read_rows(path, spec)
@@ -286,26 +230,13 @@ def import_file(
         for values in good:
             outcome = checker.write(values)
             setattr(report, outcome, getattr(report, outcome) + 1)
+        if report.created or report.updated:
+            write_audit(conn, now, actor, [("import", kind, f"{path}: {report.summary()}")])
     return report
 
 
-def fits(table, values: dict) -> None:
-    """Refuse what the database cannot hold: NUL characters, text longer than its column.
-
-    Free text (a ``Text`` column) is held to ``TEXT_LIMIT``.
-    """
-    for column, value in values.items():
-        if not isinstance(value, str):
-            continue
-        if "\x00" in value:
-            raise RowError(f"{column}: contains a NUL character")
-        limit = getattr(table.c[column].type, "length", None) or TEXT_LIMIT
-        if len(value) > limit:
-            raise RowError(f"{column}: {len(value):,} characters, more than the limit of {limit:,}")
-
-
 class _Checker:
-    table = None
+    table: Table
 
     def __init__(self, conn: Connection, settings: Settings, now: datetime):
         self.conn, self.settings, self.now = conn, settings, now
@@ -318,6 +249,14 @@ class _Checker:
         if first != self.line:
             raise RowError(f"duplicate of line {first} ({same})")
 
+    def check(self, raw: dict[str, str]) -> dict[str, Any]:
+        """The row's values for the table, or a ``RowError`` naming the column."""
+        raise NotImplementedError
+
+    def write(self, values: dict[str, Any]) -> str:
+        """Write checked values (through ``records``): created, updated or unchanged."""
+        raise NotImplementedError
+
     def client_id(self, ref: str) -> int:
         found = self.conn.execute(select(clients.c.id).where(clients.c.ref == ref.strip())).scalar()
         if found is None:
@@ -328,8 +267,8 @@ class _Checker:
 class _Physicians(_Checker):
     table = physicians
 
-    def check(self, raw: dict) -> dict:
-        values = {"email": parse_email(raw["email"])}
+    def check(self, raw: dict[str, str]) -> dict[str, Any]:
+        values: dict[str, Any] = {"email": parse_email(raw["email"])}
         self.once(values["email"], SAME_PHYSICIAN)
         for column in ("name", "credentials", "specialty", "clinic", "phone", "fax"):
             if column in raw:
@@ -357,15 +296,15 @@ class _Physicians(_Checker):
             values["weekly_cap"] = int(cap) if cap else None
         return values
 
-    def write(self, values: dict) -> str:
-        return upsert(self.conn, physicians, "email", values, self.now)
+    def write(self, values: dict[str, Any]) -> str:
+        return save_physician(self.conn, values, self.now)
 
 
 class _Clients(_Checker):
     table = clients
 
-    def check(self, raw: dict) -> dict:
-        values = {"ref": single_line(raw["ref"], "ref")}
+    def check(self, raw: dict[str, str]) -> dict[str, Any]:
+        values: dict[str, Any] = {"ref": single_line(raw["ref"], "ref")}
         self.once(values["ref"], SAME_CLIENT)
         for column in ("first_name", "last_name"):
             values[column] = single_line(raw[column], column)
@@ -383,22 +322,19 @@ class _Clients(_Checker):
                 values[column] = raw[column].strip()
         if "next_reassessment" in raw:
             values["next_reassessment"] = parse_date(raw["next_reassessment"], "next_reassessment")
-        status = raw.get("status", "").strip().lower()
+        status = parse_status(raw.get("status", ""))
         if status:
-            if status not in CLIENT_STATUSES:
-                raise RowError(f"status: {status!r} is not one of {', '.join(CLIENT_STATUSES)}")
             values["status"] = status
         return values
 
-    def write(self, values: dict) -> str:
-        # Milestones decide an existing client's status (a discharge stays a discharge).
-        return upsert(self.conn, clients, "ref", values, self.now, insert_only=("status",))
+    def write(self, values: dict[str, Any]) -> str:
+        return save_client(self.conn, values, self.now)
 
 
 class _Events(_Checker):
     table = events
 
-    def check(self, raw: dict) -> dict:
+    def check(self, raw: dict[str, str]) -> dict[str, Any]:
         client_id = self.client_id(raw["client_ref"])
         kind = parse_event_kind(raw["kind"])
         at = parse_datetime(raw["occurred_at"], "occurred_at", self.settings.tz)
@@ -406,14 +342,14 @@ class _Events(_Checker):
         self.once((client_id, kind, at), SAME_EVENT)
         return {"client_id": client_id, "kind": kind, "occurred_at": at, "note": raw.get("note", "").strip()}
 
-    def write(self, values: dict) -> str:
+    def write(self, values: dict[str, Any]) -> str:
         return "created" if record_event(self.conn, now=self.now, **values) else "unchanged"
 
 
 class _Measures(_Checker):
     table = measurements
 
-    def check(self, raw: dict) -> dict:
+    def check(self, raw: dict[str, str]) -> dict[str, Any]:
         client_id = self.client_id(raw["client_ref"])
         code, score = parse_score(raw["score"], raw["instrument"])
         day = parse_date(raw["measured_at"], "measured_at")
@@ -421,7 +357,7 @@ class _Measures(_Checker):
         self.once((client_id, code, day), SAME_MEASURE)
         return {"client_id": client_id, "instrument": code, "score": score, "measured_on": day}
 
-    def write(self, values: dict) -> str:
+    def write(self, values: dict[str, Any]) -> str:
         return record_measure(self.conn, now=self.now, **values)
 
 
@@ -431,79 +367,3 @@ _CHECKERS: dict[str, Callable[..., _Checker]] = {
     "events": _Events,
     "measures": _Measures,
 }
-
-
-# --- writing -------------------------------------------------------------------------
-
-
-def upsert(
-    conn: Connection, table, key: str, values: dict, now: datetime, insert_only: tuple[str, ...] = ()
-) -> str:
-    """Insert the row, or update the one with the same ``key``; ``insert_only`` columns only start a row."""
-    existing = conn.execute(select(table).where(table.c[key] == values[key])).first()
-    if existing is None:
-        conn.execute(table.insert().values(created_at=now, updated_at=now, **values))
-        return "created"
-    changed = {k: v for k, v in values.items() if k not in insert_only and getattr(existing, k) != v}
-    if not changed:
-        return "unchanged"
-    conn.execute(update(table).where(table.c.id == existing.id).values(updated_at=now, **changed))
-    return "updated"
-
-
-# What a milestone does to the client's status.
-STATUS_AFTER = {"initial_assessment": ("referred", "on_hold"), "discharged": CLIENT_STATUSES}
-NEW_STATUS = {"initial_assessment": "active", "discharged": "discharged"}
-
-
-def record_event(
-    conn: Connection, client_id: int, kind: str, occurred_at: datetime, note: str, now: datetime
-) -> int | None:
-    """Store a milestone (once) and move the client's status along; the new id or None."""
-    exists = conn.execute(
-        select(events.c.id).where(
-            events.c.client_id == client_id, events.c.kind == kind, events.c.occurred_at == occurred_at
-        )
-    ).scalar()
-    if exists is not None:
-        return None
-    new_id = conn.execute(
-        events.insert().values(
-            client_id=client_id, kind=kind, occurred_at=occurred_at, note=note, created_at=now
-        )
-    ).inserted_primary_key[0]
-    if kind in NEW_STATUS:
-        conn.execute(
-            update(clients)
-            .where(clients.c.id == client_id, clients.c.status.in_(STATUS_AFTER[kind]))
-            .values(status=NEW_STATUS[kind], updated_at=now)
-        )
-    return new_id
-
-
-def record_measure(
-    conn: Connection, client_id: int, instrument: str, score: float, measured_on: date, now: datetime
-) -> str:
-    """Store a score; a second score for the same instrument and day replaces the first."""
-    existing = conn.execute(
-        select(measurements.c.id, measurements.c.score).where(
-            measurements.c.client_id == client_id,
-            measurements.c.instrument == instrument,
-            measurements.c.measured_on == measured_on,
-        )
-    ).first()
-    if existing is None:
-        conn.execute(
-            measurements.insert().values(
-                client_id=client_id,
-                instrument=instrument,
-                score=score,
-                measured_on=measured_on,
-                created_at=now,
-            )
-        )
-        return "created"
-    if existing.score == score:
-        return "unchanged"
-    conn.execute(update(measurements).where(measurements.c.id == existing.id).values(score=score))
-    return "updated"

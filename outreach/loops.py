@@ -1,12 +1,13 @@
 """Closing the loop: which expected communication with each physician is done, due or stuck.
 
 For every active referral (and every discharge not yet reported) the
-service expects: a referral acknowledgement within 1 business day of the
-referral, an initial assessment report within 2 business days of the
-assessment, a progress report every 30 days while active, and a discharge
-summary within 3 business days of discharge. Each is ``done``, ``due``,
-``overdue`` or ``blocked`` (with why); blocked ones are listed first, so
-nothing is lost quietly.
+service expects what the rules declare with ``loop`` (``campaigns/*.toml``):
+an event rule's email within its ``loop_within`` business days of the event
+(shipped: the referral acknowledgement within 1, the initial assessment
+report within 2, the discharge summary within 3), a recurring rule's every
+``when.every`` while the client is active (shipped: a progress report every
+30 days). Each is ``done``, ``due``, ``overdue`` or ``blocked`` (with why);
+blocked ones are listed first, so nothing is lost quietly.
 """
 
 from __future__ import annotations
@@ -14,24 +15,30 @@ from __future__ import annotations
 import json
 import statistics
 from dataclasses import asdict, dataclass
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import date, datetime, time, timedelta
 
 from sqlalchemy import Connection, func, select
 
+from outreach import store
 from outreach.consent import row_consent_problem
-from outreach.models import FAILED, PENDING, SENDING, SENT, SUPPRESSED, clients, events, messages, physicians
+from outreach.models import (
+    FAILED,
+    PENDING,
+    SENDING,
+    SENT,
+    SUPPRESSED,
+    aware,
+    clients,
+    events,
+    messages,
+    physicians,
+)
+from outreach.rules import Rule, load_rules
 from outreach.settings import Settings
+from outreach.tables import format_table
 
-PROGRESS_EVERY = timedelta(days=30)
 HISTORY = timedelta(days=30)  # as the planner's default max_age
 DISCHARGE_LOOKBACK = timedelta(days=90)
-# expected communication -> (template, anchoring event, business days allowed)
-EXPECTED = {
-    "referral acknowledged": ("referral_acknowledgement", "referral_received", 1),
-    "initial assessment report": ("initial_assessment_report", "initial_assessment", 2),
-    "discharge summary": ("discharge_summary", "discharged", 3),
-}
-PROGRESS = ("progress report", "progress_report")
 STATE_ORDER = {"blocked": 0, "overdue": 1, "due": 2, "done": 3}
 
 
@@ -56,34 +63,52 @@ def add_business_days(day: date, count: int) -> date:
 
 
 def open_loops(
-    conn: Connection, settings: Settings, now: datetime, physician: str | None = None
+    conn: Connection,
+    settings: Settings,
+    now: datetime,
+    physician: str | None = None,
+    rules: list[Rule] | None = None,
 ) -> list[Loop]:
-    """Every expected communication for the referrals in scope, blocked and overdue first."""
+    """Every expected communication for the referrals in scope, blocked and overdue first.
+
+    What is expected is read from ``rules`` (by default the practice's rule
+    files): each rule with a ``loop``.
+    """
+    if rules is None:
+        rules = load_rules(settings.campaigns_dir, settings.templates_dir)
+    milestones = [rule for rule in rules if rule.loop and rule.event]
+    recurring = [rule for rule in rules if rule.loop and rule.every]
     scope = select(clients, physicians.c.email.label("physician_email")).join(physicians)
     scope = scope.where((clients.c.status != "discharged") | _recently_discharged(now))
     if physician:
         scope = scope.where(physicians.c.email == physician.strip().lower())
     people = conn.execute(scope.order_by(clients.c.ref)).all()
     ids = [p.id for p in people]
-    anchors = _first_events(conn, ids)
+    kinds = {kind for rule in milestones + recurring for kind in (rule.event, rule.since) if kind}
+    anchors = _first_events(conn, ids, kinds)
     sent_by_template = _messages_by_client(conn, ids)
     # Milestones from before the service started (imported history) were never its to report.
     started = conn.execute(select(func.min(messages.c.created_at))).scalar() or now
     history = started - HISTORY
-    found = []
+    found: list[Loop] = []
     for person in people:
         mine = sent_by_template.get(person.id, {})
-        for name, (template, kind, days) in EXPECTED.items():
-            anchor = anchors.get((person.id, kind))
-            if kind == "referral_received" and anchor is None and person.referral_date:
+        for rule in milestones:
+            assert rule.event is not None and rule.loop_within is not None
+            anchor = anchors.get((person.id, rule.event))
+            if rule.event == "referral_received" and anchor is None and person.referral_date:
                 anchor = datetime.combine(person.referral_date, time(9), settings.tz)
-            if anchor is None or (anchor < history and template not in mine):
+            if anchor is None or (anchor < history and rule.template not in mine):
                 continue
-            due = _end_of(add_business_days(anchor.astimezone(settings.tz).date(), days), settings)
-            found.append(_judge(person, name, mine.get(template, []), due, now, settings))
+            day = add_business_days(anchor.astimezone(settings.tz).date(), rule.loop_within)
+            found.append(
+                _judge(person, rule, mine.get(rule.template, []), _end_of(day, settings), now, settings)
+            )
         if person.status == "active":
-            found.append(_progress(person, mine.get(PROGRESS[1], []), anchors, now, settings))
-    found = [loop for loop in found if loop is not None]
+            for rule in recurring:
+                loop = _progress(person, rule, mine.get(rule.template, []), anchors, now, settings)
+                if loop is not None:
+                    found.append(loop)
     return sorted(found, key=lambda lp: (STATE_ORDER[lp.state], lp.due_at or now, lp.client_ref))
 
 
@@ -96,28 +121,33 @@ def _recently_discharged(now: datetime):
     return discharged_at >= now - DISCHARGE_LOOKBACK
 
 
-def _first_events(conn: Connection, ids: list[int]) -> dict:
-    kinds = [kind for _, kind, _ in EXPECTED.values()]
-    rows = conn.execute(
-        select(events.c.client_id, events.c.kind, func.min(events.c.occurred_at))
-        .where(events.c.client_id.in_(ids), events.c.kind.in_(kinds))
-        .group_by(events.c.client_id, events.c.kind)
-    ).all()
-    return {(cid, kind): at for cid, kind, at in rows}
+def _first_events(conn: Connection, ids: list[int], kinds: set[str]) -> dict:
+    """When each client's first event of each kind happened: (client id, kind) -> time."""
+    first: dict[tuple[int, str], datetime] = {}
+    for chunk in store.chunks(ids):
+        rows = conn.execute(
+            select(events.c.client_id, events.c.kind, func.min(events.c.occurred_at))
+            .where(events.c.client_id.in_(chunk), events.c.kind.in_(sorted(kinds)))
+            .group_by(events.c.client_id, events.c.kind)
+        )
+        first.update(((cid, kind), at) for cid, kind, at in rows)
+    return first
 
 
 def _messages_by_client(conn: Connection, ids: list[int]) -> dict:
-    rows = conn.execute(
-        select(
-            messages.c.id, messages.c.client_id, messages.c.template, messages.c.status,
-            messages.c.sent_at, messages.c.last_error, messages.c.created_at, messages.c.not_before,
-        )
-        .where(messages.c.client_id.in_(ids))
-        .order_by(messages.c.created_at, messages.c.id)
-    ).all()  # fmt: skip
+    """Each client's messages by template, oldest first."""
     grouped: dict = {}
-    for row in rows:
-        grouped.setdefault(row.client_id, {}).setdefault(row.template, []).append(row)
+    for chunk in store.chunks(ids):
+        rows = conn.execute(
+            select(
+                messages.c.id, messages.c.client_id, messages.c.template, messages.c.status,
+                messages.c.sent_at, messages.c.last_error, messages.c.created_at, messages.c.not_before,
+            )
+            .where(messages.c.client_id.in_(chunk))
+            .order_by(messages.c.created_at, messages.c.id)
+        )  # fmt: skip
+        for row in rows:
+            grouped.setdefault(row.client_id, {}).setdefault(row.template, []).append(row)
     return grouped
 
 
@@ -125,9 +155,10 @@ def _end_of(day: date, settings: Settings) -> datetime:
     return datetime.combine(day, time(23, 59, 59), settings.tz)
 
 
-def _judge(person, name: str, sent: list, due: datetime, now: datetime, settings: Settings) -> Loop:
+def _judge(person, rule: Rule, sent: list, due: datetime, now: datetime, settings: Settings) -> Loop:
     """The state of one expected email from the messages queued for it."""
-    loop = Loop(person.ref, person.physician_email, name, "due", due, None, "")
+    assert rule.loop is not None
+    loop = Loop(person.ref, person.physician_email, rule.loop, "due", due, None, "")
     done = [m for m in sent if m.status == SENT]
     if done:
         first = done[0]
@@ -146,7 +177,7 @@ def _judge(person, name: str, sent: list, due: datetime, now: datetime, settings
         loop.detail = f"{why}: {m.last_error or 'no reason recorded'} (message {m.id})"
         return loop
     consent = row_consent_problem(person, now.astimezone(settings.tz).date())
-    if not waiting and name != "referral acknowledged" and consent:
+    if not waiting and rule.consent_required and consent:
         loop.state, loop.detail = "blocked", consent
         return loop
     if now > due:
@@ -160,18 +191,27 @@ def _judge(person, name: str, sent: list, due: datetime, now: datetime, settings
     return loop
 
 
-def _progress(person, sent: list, anchors: dict, now: datetime, settings: Settings) -> Loop | None:
-    start = anchors.get((person.id, "initial_assessment"))
+def _progress(
+    person, rule: Rule, sent: list, anchors: dict, now: datetime, settings: Settings
+) -> Loop | None:
+    """A recurring report: due ``rule.every`` after the last one sent (or after its anchor)."""
+    assert rule.loop is not None and rule.every is not None
+    if rule.since == "referral_date":
+        start = (
+            datetime.combine(person.referral_date, time.min, settings.tz) if person.referral_date else None
+        )
+    else:
+        start = anchors.get((person.id, rule.since))
     if start is None:
         return None
     delivered = [m for m in sent if m.status == SENT]
     last = delivered[-1].sent_at if delivered else start
-    due = last + PROGRESS_EVERY
+    due = last + rule.every
     if delivered and now <= due:
-        loop = Loop(person.ref, person.physician_email, PROGRESS[0], "done", due, last, "", delivered[-1].id)
+        loop = Loop(person.ref, person.physician_email, rule.loop, "done", due, last, "", delivered[-1].id)
         loop.detail = f"sent {_local(last, settings)}; next due by {_local(due, settings)}"
         return loop
-    return _judge(person, PROGRESS[0], [m for m in sent if m.created_at >= last], due, now, settings)
+    return _judge(person, rule, [m for m in sent if m.created_at >= last], due, now, settings)
 
 
 def _local(moment: datetime, settings: Settings) -> str:
@@ -190,10 +230,7 @@ def format_loops(loops: list[Loop], fmt: str) -> str:
         return "(no open referrals)"
     headers = ("STATE", "CLIENT", "PHYSICIAN", "COMMUNICATION", "DETAIL")
     rows = [(lp.state, lp.client_ref, lp.physician_email, lp.loop, lp.detail) for lp in loops]
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers[:-1])]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(headers[:-1], widths, strict=True)) + "  " + headers[-1]]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(r[:-1], widths, strict=True)) + "  " + r[-1] for r in rows]
-    return "\n".join(lines)
+    return format_table(headers, rows)
 
 
 def _plain(values: dict) -> dict:
@@ -261,8 +298,7 @@ def physician_summary(conn: Connection, settings: Settings, now: datetime) -> li
 
 
 def _as_date(value, settings: Settings) -> date:
-    aware = value if value.tzinfo else value.replace(tzinfo=UTC)
-    return aware.astimezone(settings.tz).date()
+    return aware(value).astimezone(settings.tz).date()
 
 
 def format_physicians(rows: list[dict], fmt: str) -> str:
@@ -289,7 +325,4 @@ def format_physicians(rows: list[dict], fmt: str) -> str:
     ]  # fmt: skip
     if not table:
         return "(no physicians)"
-    widths = [max(len(h), *(len(r[i]) for r in table)) for i, h in enumerate(headers)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in table]
-    return "\n".join(lines)
+    return format_table(headers, table)

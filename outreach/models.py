@@ -8,6 +8,7 @@ compares the two.
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime
 
 from sqlalchemy import (
@@ -47,7 +48,11 @@ CLIENT_STATUSES = ("referred", "active", "on_hold", "discharged")
 # What ``outreach import`` reads: one CSV file of each.
 IMPORT_KINDS = ("physicians", "clients", "events", "measures")
 
-# Message lifecycle (DESIGN.md): a fixed vocabulary, nothing else is written.
+# Message lifecycle, a fixed vocabulary (nothing else is written): pending
+# until a sender claims it (sending), then sent; a temporary failure puts it
+# back to pending for a later attempt, a permanent one (or attempts used up)
+# makes it failed. Suppressed: may not go now (``reason`` says why) and may
+# go later, e.g. once consent is on record. Cancelled: will never go.
 PENDING, SENDING, SENT, FAILED, SUPPRESSED, CANCELLED = (
     "pending",
     "sending",
@@ -57,6 +62,30 @@ PENDING, SENDING, SENT, FAILED, SUPPRESSED, CANCELLED = (
     "cancelled",
 )
 MESSAGE_STATUSES = (PENDING, SENDING, SENT, FAILED, SUPPRESSED, CANCELLED)
+
+# Why a message was suppressed or cancelled (``messages.reason``), a fixed
+# vocabulary that code can select on; ``last_error`` keeps the sentence a
+# person reads.
+CONSENT = "consent"  # the client's consent to share is missing, expired or withdrawn
+OPTED_OUT = "opted_out"  # the physician opted out of non-clinical mail
+UNDELIVERABLE = "undeliverable"  # the physician's address was refused as nonexistent
+DEIDENTIFICATION = "deidentification"  # a summary of too few clients to stay anonymous
+MOVED = "moved"  # the client is now referred to another physician
+ADDRESS_CHANGED = "address_changed"  # the physician's address changed after queuing
+DISCHARGED = "discharged"  # a recurring report for a client since discharged
+DIGEST_REBUILT = "digest_rebuilt"  # a digest taken apart: some of its updates may not go
+BY_PERSON = "by_person"  # cancelled by a person (``outreach cancel``)
+REASONS = (
+    CONSENT,
+    OPTED_OUT,
+    UNDELIVERABLE,
+    DEIDENTIFICATION,
+    MOVED,
+    ADDRESS_CHANGED,
+    DISCHARGED,
+    DIGEST_REBUILT,
+    BY_PERSON,
+)
 
 # What the audit trail of a message can say happened to it.
 TRAIL_ACTIONS = (
@@ -77,6 +106,11 @@ PRIORITIES = {"normal": PRIORITY_NORMAL, "urgent": PRIORITY_URGENT}
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def aware(value: datetime) -> datetime:
+    """A datetime read back naive (SQLite, or a driver's own) taken as the UTC it was stored in."""
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 class UTCDateTime(TypeDecorator):
@@ -192,6 +226,9 @@ messages = Table(
     Column("lease_until", UTCDateTime, nullable=True),
     Column("claimed_by", String(100), nullable=True),
     Column("last_error", Text, nullable=True),
+    Column("reason", String(20), nullable=True),  # one of REASONS when suppressed or cancelled
+    # The event a milestone update reports on (its dedupe key names it too).
+    Column("event_id", Integer, ForeignKey("events.id"), nullable=True),
     Column("message_id", String(255), nullable=False, unique=True),
     Column("smtp_response", Text, nullable=True),
     Column("created_at", UTCDateTime, nullable=False),
@@ -240,3 +277,73 @@ workers = Table(
     Column("last_error_at", UTCDateTime, nullable=True),
     Column("stopped_at", UTCDateTime, nullable=True),
 )
+
+# Who changed what through ``records`` (a person at the CLI, an import, the demo):
+# one row per change, written in the transaction that made it.
+audit = Table(
+    "audit",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("at", UTCDateTime, nullable=False),
+    Column("actor", String(100), nullable=False),
+    Column("action", String(40), nullable=False),
+    Column("subject", String(300), nullable=False),
+    Column("detail", Text, nullable=False, default=""),
+    Index("ix_audit_at", "at"),
+)
+
+
+def outbox_row(
+    *,
+    rule: str,
+    template: str,
+    dedupe_key: str,
+    kind: str,
+    physician_id: int,
+    recipient: str,
+    recipient_name: str,
+    subject: str,
+    html: str,
+    text: str,
+    status: str,
+    now: datetime,
+    domain: str,
+    client_id: int | None = None,
+    event_id: int | None = None,
+    needs_consent: bool = False,
+    priority: int = PRIORITY_NORMAL,
+    not_before: datetime | None = None,
+    reason: str | None = None,
+    last_error: str | None = None,
+) -> dict:
+    """A new message's ``messages`` columns and its body (``html``, ``text``), for ``outbox.insert_messages``.
+
+    The one builder for every message queued (the planner's and the
+    digest's), so each starts alike: no attempts, due now when pending, a
+    Message-ID of its own in the sender's ``domain``.
+    """
+    return {
+        "rule": rule,
+        "template": template,
+        "dedupe_key": dedupe_key,
+        "client_id": client_id,
+        "event_id": event_id,
+        "physician_id": physician_id,
+        "recipient": recipient,
+        "recipient_name": recipient_name,
+        "subject": subject,
+        "html": html,
+        "text": text,
+        "kind": kind,
+        "needs_consent": needs_consent,
+        "priority": priority,
+        "status": status,
+        "attempts": 0,
+        "not_before": not_before,
+        "next_attempt_at": now if status == PENDING else None,
+        "reason": reason,
+        "last_error": last_error,
+        "message_id": f"<{uuid.uuid4().hex}@{domain}>",
+        "created_at": now,
+        "updated_at": now,
+    }

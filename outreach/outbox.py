@@ -1,27 +1,33 @@
 """Writing to the outbox: one message row, and one line of its audit trail.
 
 Shared by every stage that queues or moves a message, so each row is
-inserted and each step is recorded the same way.
+inserted and each step is recorded the same way. The sending side writes
+here too (``settle_members``), so this module must not import the
+rendering stack.
 """
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
+from types import ModuleType
+from typing import Any
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, Select, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from outreach.models import message_bodies, message_events, messages
+from outreach.models import FAILED, PENDING, SENT, message_bodies, message_events, messages
 from outreach.store import chunks
 
 BODY = ("html", "text")  # stored in message_bodies, the rest in messages
+DIGEST = "digest"  # the kind (and rule, and template) of an email that carries several updates
 
 
-def _split(row: dict) -> tuple[dict, dict]:
+def _split(row: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     return {k: v for k, v in row.items() if k not in BODY}, {k: row[k] for k in BODY}
 
 
-def insert_message(conn: Connection, row: dict) -> int | None:
+def insert_message(conn: Connection, row: dict[str, Any]) -> int | None:
     """Insert unless the dedupe key exists; the new id, or None on conflict.
 
     ``row`` holds the ``messages`` columns and the body (``html``, ``text``).
@@ -40,7 +46,7 @@ def insert_message(conn: Connection, row: dict) -> int | None:
     return message_id
 
 
-def insert_messages(conn: Connection, rows: list[dict]) -> list[int | None]:
+def insert_messages(conn: Connection, rows: list[dict[str, Any]]) -> list[int | None]:
     """Insert many in one statement; each row's new id, or None where its dedupe key was taken.
 
     A row is ours when the stored Message-ID is the one we generated for it.
@@ -63,15 +69,24 @@ def insert_messages(conn: Connection, rows: list[dict]) -> list[int | None]:
     return ids
 
 
-def _dialect(conn: Connection):
+def _dialect(conn: Connection) -> ModuleType:
     return postgresql if conn.dialect.name == "postgresql" else sqlite
 
 
-def with_body():
+def with_body() -> Select[Any]:
     """Log entries with what they say: ``select(messages)`` plus ``html`` and ``text``."""
     return select(messages, message_bodies.c.html, message_bodies.c.text).select_from(
         messages.outerjoin(message_bodies, message_bodies.c.message_id == messages.c.id)
     )
+
+
+def log_line(text: object) -> str:
+    """Text for the log and the trail on one line, its lines joined by " | ".
+
+    A multi-line SMTP reply must not split a log event. (``compose.one_line``
+    is for header text: every break folded to a space.)
+    """
+    return re.sub(r"\s*[\r\n]+\s*", " | ", str(text)).strip()
 
 
 _TRAIL = message_events.insert()  # built once: a step is written for every message sent
@@ -89,3 +104,25 @@ def trail_many(conn: Connection, at: datetime, steps: list[tuple[int, str, str]]
             _TRAIL,
             [{"message_id": i, "at": at, "action": action, "detail": detail} for i, action, detail in steps],
         )
+
+
+def settle_members(conn: Connection, digest_id: int, status: str | None, now: datetime) -> int:
+    """The updates a digest carried share its fate: sent with it, or failed with it."""
+    if status not in (SENT, FAILED):
+        return 0
+    members = list(
+        conn.execute(
+            select(messages.c.id).where(messages.c.digest_id == digest_id, messages.c.status == PENDING)
+        ).scalars()
+    )
+    if not members:
+        return 0
+    if status == SENT:
+        values = {"status": SENT, "sent_at": now, "smtp_response": f"sent in digest message {digest_id}"}
+        detail = f"delivered in digest message {digest_id}"
+    else:
+        values = {"status": FAILED, "last_error": f"digest message {digest_id} failed"}
+        detail = f"digest message {digest_id} failed; see its log entry"
+    conn.execute(update(messages).where(messages.c.id.in_(members)).values(updated_at=now, **values))
+    trail_many(conn, now, [(i, "sent" if status == SENT else "failed", detail) for i in members])
+    return len(members)

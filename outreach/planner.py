@@ -11,13 +11,23 @@ will be sent.
 from __future__ import annotations
 
 import logging
-import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, time, timedelta
-from zoneinfo import ZoneInfo
+from datetime import date, datetime, time, timedelta
+from typing import Any
 
-from sqlalchemy import Connection, Engine, String, cast, exists, func, literal, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Engine,
+    String,
+    cast,
+    exists,
+    func,
+    literal,
+    select,
+    update,
+)
 
 from outreach import gate, store
 from outreach.consent import consent_in_effect, row_consent_problem
@@ -25,36 +35,54 @@ from outreach.context import (
     MIN_COHORT,
     SESSION_KINDS,
     History,
+    Period,
     client_context,
+    display_name,
     load_histories,
-    message_context,
     physician_context,
 )
 from outreach.digest import BatchReport, batch, regroup
 from outreach.errors import RenderError
 from outreach.models import (
     CANCELLED,
+    CONSENT,
+    DEIDENTIFICATION,
+    DISCHARGED,
     FAILED,
+    OPTED_OUT,
     PENDING,
     PRIORITIES,
     SENDING,
     SENT,
     SUPPRESSED,
+    aware,
     clients,
     events,
     message_bodies,
     message_events,
     messages,
+    outbox_row,
     physicians,
 )
 from outreach.outbox import insert_messages, trail, trail_many
 from outreach.renderer import Rendered, Renderer
 from outreach.rules import Rule
 from outreach.settings import Settings
-from outreach.windows import parse_window
+from outreach.windows import parse_window, physician_zone
 
 log = logging.getLogger(__name__)
 QUEUE_CHUNK = 200  # drafts rendered and stored per transaction
+
+
+@dataclass(frozen=True)
+class Recipient:
+    """Who gets an email, and when they read mail."""
+
+    physician_id: int
+    email: str
+    name: str  # as the To header shows it: "Ruth Osei, MD"
+    timezone: str | None  # the physician's own; None: the practice's
+    send_window: str | None  # the physician's own; None: OUTREACH_SEND_WINDOW
 
 
 @dataclass
@@ -63,16 +91,13 @@ class Draft:
 
     rule: Rule
     dedupe_key: str
-    physician_id: int
-    recipient: str
-    recipient_name: str
+    to: Recipient
     client_id: int | None = None
     client_ref: str | None = None
     event_id: int | None = None
-    period: dict | None = None
-    suppress_reason: str | None = None
-    physician_tz: str | None = None
-    send_window: str | None = None
+    period: Period | None = None
+    suppress_reason: str | None = None  # why it may not go, as a person reads it
+    suppress_code: str | None = None  # the same as one of ``models.REASONS``
 
 
 @dataclass
@@ -98,13 +123,14 @@ def find_due(conn: Connection, rules: Iterable[Rule], settings: Settings, now: d
     drafts: list[Draft] = []
     for rule in rules:
         if rule.event:
-            drafts += _due_on_event(conn, rule, now)
+            found = _due_on_event(conn, rule, now)
         elif rule.scope == "client":
-            drafts += _due_recurring_client(conn, rule, settings, now)
+            found = _due_recurring_client(conn, rule, settings, now)
         else:
-            drafts += _due_recurring_physician(conn, rule, settings, now)
-    for draft in drafts:
-        draft.suppress_reason = draft.suppress_reason or _physician_suppression(conn, draft)
+            found = _due_recurring_physician(conn, rule, settings, now)
+        if rule.kind == "relationship":
+            _hold_for_opt_outs(conn, found)
+        drafts += found
     return drafts
 
 
@@ -119,19 +145,21 @@ def _recipient_columns():
     )
 
 
-def _recipient(row) -> dict:
-    """The Draft fields that say who gets the email and when they read mail."""
-    return {
-        "physician_id": row.physician_id,
-        "recipient": row.email,
-        "recipient_name": _recipient_name(row),
-        "physician_tz": row.physician_tz,
-        "send_window": row.send_window,
-    }
+def _recipient(row: Any) -> Recipient:
+    """Who gets the email, from a row with ``_recipient_columns``."""
+    return Recipient(
+        row.physician_id,
+        row.email,
+        display_name(row.physician_name, row.credentials),
+        row.physician_tz,
+        row.send_window,
+    )
 
 
-def _recipient_name(row) -> str:
-    return f"{row.physician_name}, {row.credentials}" if row.credentials else row.physician_name
+def _consent(rule: Rule, row, today: date) -> dict:
+    """The Draft fields that hold back mail about a client without consent, when the rule needs it."""
+    problem = row_consent_problem(row, today) if rule.consent_required else None
+    return {"suppress_reason": problem, "suppress_code": CONSENT if problem else None}
 
 
 def _due_on_event(conn: Connection, rule: Rule, now: datetime) -> list[Draft]:
@@ -165,11 +193,11 @@ def _due_on_event(conn: Connection, rule: Rule, now: datetime) -> list[Draft]:
         Draft(
             rule=rule,
             dedupe_key=f"{rule.name}:event:{row.event_id}",
-            **_recipient(row),
+            to=_recipient(row),
             client_id=row.client_id,
             client_ref=row.ref,
             event_id=row.event_id,
-            suppress_reason=row_consent_problem(row, today) if rule.consent_required else None,
+            **_consent(rule, row, today),
         )
         for row in found
     ]
@@ -201,6 +229,7 @@ def _streak_ends(conn: Connection, client_ids: set[int], length: int) -> set[int
 def _due_recurring_client(conn: Connection, rule: Rule, settings: Settings, now: datetime) -> list[Draft]:
     """Every ``rule.every`` since the anchor, while active; only the latest period."""
     assert rule.every is not None
+    anchor: ColumnElement[Any]
     if rule.since == "referral_date":
         anchor = clients.c.referral_date
     else:
@@ -237,10 +266,10 @@ def _due_recurring_client(conn: Connection, rule: Rule, settings: Settings, now:
         Draft(
             rule=rule,
             dedupe_key=key,
-            **_recipient(row),
+            to=_recipient(row),
             client_id=row.client_id,
             client_ref=row.ref,
-            suppress_reason=row_consent_problem(row, today) if rule.consent_required else None,
+            **_consent(rule, row, today),
         )
         for key, row in new
     ]
@@ -248,6 +277,7 @@ def _due_recurring_client(conn: Connection, rule: Rule, settings: Settings, now:
 
 def _recently_reported(rule: Rule, now: datetime):
     """The client already had an email from this template within one interval."""
+    assert rule.every is not None
     return exists().where(
         messages.c.client_id == clients.c.id,
         messages.c.template == rule.template,
@@ -261,46 +291,46 @@ def _as_datetime(value, settings: Settings) -> datetime | None:
     if value is None:
         return None
     if isinstance(value, datetime):
-        return value if value.tzinfo else value.replace(tzinfo=UTC)
+        return aware(value)
     return datetime.combine(value, time.min, settings.tz)
 
 
-def previous_period(kind: str, today: date) -> dict:
+def previous_period(kind: str, today: date) -> Period:
     """The last complete calendar month or quarter before ``today``."""
     if kind == "month":
         end = today.replace(day=1) - timedelta(days=1)
         start = end.replace(day=1)
-        return {"start": start, "end": end, "label": start.strftime("%B %Y"), "key": start.strftime("%Y-%m")}
+        return Period(start, end, start.strftime("%B %Y"), start.strftime("%Y-%m"))
     quarter_start = date(today.year, 3 * ((today.month - 1) // 3) + 1, 1)
     end = quarter_start - timedelta(days=1)
     start = date(end.year, 3 * ((end.month - 1) // 3) + 1, 1)
     label = f"{start.year} Q{(start.month - 1) // 3 + 1}"
-    return {"start": start, "end": end, "label": label, "key": label.replace(" ", "")}
+    return Period(start, end, label, label.replace(" ", ""))
 
 
 def _due_recurring_physician(conn: Connection, rule: Rule, settings: Settings, now: datetime) -> list[Draft]:
     """Once per calendar period, to each physician with active referrals."""
     assert rule.period is not None
     period = previous_period(rule.period, now.astimezone(settings.tz).date())
-    if now.astimezone(settings.tz).date() - period["end"] > rule.max_age:
+    if now.astimezone(settings.tz).date() - period.end > rule.max_age:
         return []  # too late to be useful; the next period's summary will go
     has_active = exists().where(clients.c.physician_id == physicians.c.id, clients.c.status == "active")
     query = select(*_recipient_columns()).where(has_active).order_by(physicians.c.id)
     candidates = [
-        (f"{rule.name}:physician:{row.physician_id}:{period['key']}", row) for row in conn.execute(query)
+        (f"{rule.name}:physician:{row.physician_id}:{period.key}", row) for row in conn.execute(query)
     ]
     return [
         Draft(
             rule=rule,
             dedupe_key=key,
-            **_recipient(row),
+            to=_recipient(row),
             period=period,
         )
         for key, row in _not_yet_queued(conn, candidates)
     ]
 
 
-def _not_yet_queued(conn: Connection, candidates: list[tuple[str, object]]) -> list[tuple[str, object]]:
+def _not_yet_queued(conn: Connection, candidates: Sequence[tuple[str, Any]]) -> list[tuple[str, Any]]:
     new = []
     for chunk in store.chunks(candidates):
         keys = [key for key, _ in chunk]
@@ -311,15 +341,20 @@ def _not_yet_queued(conn: Connection, candidates: list[tuple[str, object]]) -> l
     return new
 
 
-def _physician_suppression(conn: Connection, draft: Draft) -> str | None:
-    if draft.rule.kind != "relationship":
-        return None
-    opted_out = conn.execute(
-        select(physicians.c.opted_out_on).where(physicians.c.id == draft.physician_id)
-    ).scalar()
-    if opted_out is not None:
-        return f"physician opted out of non-clinical mail on {opted_out}"
-    return None
+def _hold_for_opt_outs(conn: Connection, drafts: list[Draft]) -> None:
+    """Relationship mail to a physician who opted out of it is suppressed (one query per chunk)."""
+    ids = sorted({d.to.physician_id for d in drafts if d.suppress_reason is None})
+    opted_out: dict[int, date] = {}
+    for chunk in store.chunks(ids):
+        query = select(physicians.c.id, physicians.c.opted_out_on).where(
+            physicians.c.id.in_(chunk), physicians.c.opted_out_on.is_not(None)
+        )
+        opted_out.update((row.id, row.opted_out_on) for row in conn.execute(query))
+    for draft in drafts:
+        if draft.suppress_reason is None and draft.to.physician_id in opted_out:
+            on = opted_out[draft.to.physician_id]
+            draft.suppress_reason = f"physician opted out of non-clinical mail on {on}"
+            draft.suppress_code = OPTED_OUT
 
 
 # --- queuing -------------------------------------------------------------------
@@ -364,9 +399,11 @@ def _render_draft(
     if draft.client_id is not None:
         context = client_context(conn, settings, draft.rule, draft.client_id, now, draft.event_id, history)
     else:
-        context = physician_context(conn, settings, draft.rule, draft.physician_id, now, draft.period)
+        assert draft.period is not None  # a physician's summary is for a calendar period
+        context = physician_context(conn, settings, draft.rule, draft.to.physician_id, now, draft.period)
         if context["cohort"]["size"] < MIN_COHORT and draft.suppress_reason is None:
             draft.suppress_reason = f"fewer than {MIN_COHORT} clients: the summary could identify them"
+            draft.suppress_code = DEIDENTIFICATION
     return renderer.render(draft.rule.template, context)
 
 
@@ -374,7 +411,7 @@ def _queue(
     engine: Engine,
     settings: Settings,
     renderer: Renderer,
-    drafts: list[Draft],
+    drafts: Sequence[Draft],
     now: datetime,
     report: PlanReport,
 ) -> None:
@@ -386,8 +423,7 @@ def _queue(
     with store.read(engine) as conn:
         histories = load_histories(conn, [d.client_id for d in drafts if d.client_id is not None])
         rows = [
-            _message_row(conn, settings, renderer, draft, now, histories.get(draft.client_id))
-            for draft in drafts
+            _message_row(conn, settings, renderer, draft, now, _history(histories, draft)) for draft in drafts
         ]
     # Without waiting for the disk: a chunk a power cut undoes is planned
     # again from the events and records it came from, which are durable.
@@ -413,6 +449,11 @@ def _queue(
             log.error("message %s failed to render: %s", message_id, detail)
 
 
+def _history(histories: dict[int, History], draft: Draft) -> History | None:
+    """The draft's client's history, read in bulk; a physician's summary has none."""
+    return histories.get(draft.client_id) if draft.client_id is not None else None
+
+
 def _message_row(
     conn: Connection,
     settings: Settings,
@@ -420,7 +461,7 @@ def _message_row(
     draft: Draft,
     now: datetime,
     history: History | None,
-):
+) -> tuple[dict, str]:
     """The outbox row for a draft, rendered, and what its trail should say."""
     try:
         rendered = _render_draft(conn, settings, renderer, draft, now, history)
@@ -436,30 +477,29 @@ def _message_row(
     else:
         status, detail = PENDING, ""
         if draft.rule.priority == PRIORITIES["normal"]:
-            not_before, detail = hold_for_window(settings, draft.physician_tz, draft.send_window, now)
-    row = {
-        "rule": draft.rule.name,
-        "template": draft.rule.template,
-        "dedupe_key": draft.dedupe_key,
-        "client_id": draft.client_id,
-        "physician_id": draft.physician_id,
-        "recipient": draft.recipient,
-        "recipient_name": draft.recipient_name,
-        "subject": rendered.subject,
-        "html": rendered.html,
-        "text": rendered.text,
-        "kind": draft.rule.kind,
-        "needs_consent": draft.client_id is not None and draft.rule.consent_required,
-        "priority": draft.rule.priority,
-        "status": status,
-        "attempts": 0,
-        "not_before": not_before,
-        "next_attempt_at": now if status == PENDING else None,
-        "last_error": detail if status != PENDING else None,
-        "message_id": f"<{uuid.uuid4().hex}@{settings.from_domain}>",
-        "created_at": now,
-        "updated_at": now,
-    }
+            not_before, detail = hold_for_window(settings, draft.to.timezone, draft.to.send_window, now)
+    row = outbox_row(
+        rule=draft.rule.name,
+        template=draft.rule.template,
+        dedupe_key=draft.dedupe_key,
+        kind=draft.rule.kind,
+        physician_id=draft.to.physician_id,
+        recipient=draft.to.email,
+        recipient_name=draft.to.name,
+        subject=rendered.subject,
+        html=rendered.html,
+        text=rendered.text,
+        status=status,
+        now=now,
+        domain=settings.from_domain,
+        client_id=draft.client_id,
+        event_id=draft.event_id,
+        needs_consent=draft.client_id is not None and draft.rule.consent_required,
+        priority=draft.rule.priority,
+        not_before=not_before,
+        reason=draft.suppress_code if status == SUPPRESSED else None,
+        last_error=detail if status != PENDING else None,
+    )
     return row, detail
 
 
@@ -467,7 +507,7 @@ def hold_for_window(
     settings: Settings, tz_name: str | None, window_text: str | None, now: datetime
 ) -> tuple[datetime | None, str]:
     """When non-urgent mail to this physician may leave, and the reason it waits."""
-    tz = ZoneInfo(tz_name) if tz_name else settings.tz
+    tz = physician_zone(tz_name, settings.tz)
     window = parse_window(window_text or settings.send_window)
     opening = window.next_opening(now, tz)
     if opening <= now:
@@ -494,7 +534,11 @@ def cancel_for_discharged(engine: Engine, rules: list[Rule], now: datetime) -> i
         )
         if not ids:
             return 0
-        conn.execute(update(messages).where(messages.c.id.in_(ids)).values(status=CANCELLED, updated_at=now))
+        conn.execute(
+            update(messages)
+            .where(messages.c.id.in_(ids))
+            .values(status=CANCELLED, reason=DISCHARGED, updated_at=now)
+        )
         conn.execute(
             message_events.insert(),
             [{"message_id": i, "at": now, "action": "cancelled", "detail": "client discharged"} for i in ids],
@@ -577,9 +621,6 @@ def preview(
 # --- consent changes after queuing ---------------------------------------------------
 
 
-CONSENT_WORDS = ("consent",)
-
-
 def reconsider_consent(
     engine: Engine, settings: Settings, rules: list[Rule], renderer: Renderer, now: datetime
 ) -> tuple[int, int]:
@@ -605,7 +646,7 @@ def reconsider_consent(
         (messages.c.status == SUPPRESSED)
         & (messages.c.created_at >= oldest)
         & about_client
-        & messages.c.last_error.contains("consent")
+        & (messages.c.reason == CONSENT)
         & consenting
     )
     with store.read(engine) as conn:
@@ -616,7 +657,7 @@ def reconsider_consent(
     for row in rows:
         problem = row_consent_problem(row, today)
         if row.status == PENDING and problem:
-            suppressed += _set_status(engine, row.id, PENDING, SUPPRESSED, now, f"{problem}: not sent")
+            suppressed += _suppress_for_consent(engine, row.id, now, f"{problem}: not sent")
         elif row.status == SUPPRESSED and not problem and now - row.created_at <= by_name[row.rule].max_age:
             revived += _revive(engine, settings, renderer, by_name[row.rule], row, now)
     return suppressed, revived
@@ -627,7 +668,7 @@ def _consent_query():
         messages.c.id,
         messages.c.status,
         messages.c.rule,
-        messages.c.dedupe_key,
+        messages.c.event_id,
         messages.c.created_at,
         clients.c.id.label("client_id"),
         clients.c.ref,
@@ -638,18 +679,18 @@ def _consent_query():
     ).select_from(messages.join(clients).join(physicians, physicians.c.id == clients.c.physician_id))
 
 
-def _set_status(engine: Engine, message_id: int, old: str, new: str, now: datetime, detail: str) -> int:
+def _suppress_for_consent(engine: Engine, message_id: int, now: datetime, detail: str) -> int:
+    """A pending message whose client's consent went away: suppressed, so it can be revived."""
     with store.write(engine) as conn:
         done = conn.execute(
             update(messages)
-            .where(messages.c.id == message_id, messages.c.status == old)
-            .values(status=new, last_error=detail, updated_at=now)
+            .where(messages.c.id == message_id, messages.c.status == PENDING)
+            .values(status=SUPPRESSED, reason=CONSENT, last_error=detail, updated_at=now)
         ).rowcount
         if done:
-            action = {SUPPRESSED: "suppressed", CANCELLED: "cancelled"}.get(new, "queued")
-            trail(conn, message_id, now, action, detail)
+            trail(conn, message_id, now, "suppressed", detail)
     if done:
-        log.info("message %s %s: %s", message_id, new, detail)
+        log.info("message %s %s: %s", message_id, SUPPRESSED, detail)
     return done
 
 
@@ -657,7 +698,7 @@ def _revive(engine: Engine, settings: Settings, renderer: Renderer, rule: Rule, 
     """Render a consent-suppressed message afresh and queue it."""
     try:
         with store.read(engine) as conn:
-            context = message_context(conn, settings, rule, row.client_id, row.dedupe_key, now)
+            context = client_context(conn, settings, rule, row.client_id, now, row.event_id)
         rendered = renderer.render(rule.template, context)
     except RenderError as exc:
         log.error("message %s could not be rendered again: %s", row.id, exc)
@@ -674,6 +715,7 @@ def _revive(engine: Engine, settings: Settings, renderer: Renderer, rule: Rule, 
                 subject=rendered.subject,
                 not_before=not_before,
                 next_attempt_at=now,
+                reason=None,
                 last_error=None,
                 updated_at=now,
             )

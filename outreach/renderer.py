@@ -12,6 +12,7 @@ import functools
 import logging
 import re
 import textwrap
+import threading
 from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
@@ -93,15 +94,48 @@ def _wordwrap(
     )
 
 
-def make_environment(templates_dir: Path) -> jinja2.Environment:
+class _CompiledTemplates(jinja2.BytecodeCache):
+    """Compiled templates kept for the life of the process, keyed by name and checked by source.
+
+    Loading the templates compiles every one of them (validation): the
+    service does it at start and at each reload, ``check`` and ``preview``
+    once each. A template whose text did not change is not compiled again;
+    Jinja compares the source's checksum, so an edited one always is.
+    """
+
+    def __init__(self) -> None:
+        self._code: dict[str, bytes] = {}
+        self._lock = threading.Lock()
+
+    def load_bytecode(self, bucket: jinja2.bccache.Bucket) -> None:
+        with self._lock:
+            code = self._code.get(bucket.key)
+        if code is not None:
+            bucket.bytecode_from_string(code)
+
+    def dump_bytecode(self, bucket: jinja2.bccache.Bucket) -> None:
+        code = bucket.bytecode_to_string()
+        with self._lock:
+            self._code[bucket.key] = code
+
+
+_COMPILED = _CompiledTemplates()  # every environment below is configured the same way
+
+
+def make_environment(templates_dir: Path, sources: dict[str, str] | None = None) -> jinja2.Environment:
+    """Jinja as every email needs it; over ``sources`` (a snapshot of the files) when given."""
+    loader = (
+        jinja2.DictLoader(sources) if sources is not None else jinja2.FileSystemLoader(str(templates_dir))
+    )
     env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(templates_dir)),
+        loader=loader,
         undefined=jinja2.StrictUndefined,
         autoescape=jinja2.select_autoescape(enabled_extensions=("html",), default=False),
         trim_blocks=True,
         lstrip_blocks=True,
         keep_trailing_newline=True,
         auto_reload=False,  # templates change through a validated reload, not behind our back
+        bytecode_cache=_COMPILED,
     )
     env.filters.update(score=format_score, change=format_change, date=_date, pad=_pad, wordwrap=_wordwrap)
     return env
@@ -216,9 +250,9 @@ def _replay(tree, stripped: str, elements: list, plan: tuple) -> str | None:
 class Renderer:
     """Renders one template folder against a context."""
 
-    def __init__(self, templates_dir: Path):
+    def __init__(self, templates_dir: Path, sources: dict[str, str] | None = None):
         self.templates_dir = Path(templates_dir)
-        self.env = make_environment(self.templates_dir)
+        self.env = make_environment(self.templates_dir, sources)
         self.inline = ShapeCachedInliner()
 
     def render(self, template: str, context: dict) -> Rendered:
@@ -305,13 +339,6 @@ def read_sources(root: Path) -> tuple[dict[str, str], list[str]]:
     return sources, problems
 
 
-def snapshot(root: Path, sources: dict[str, str]) -> Renderer:
-    """A renderer that reads ``sources`` (as ``read_sources`` gives them), never the disk."""
-    renderer = Renderer(root)
-    renderer.env.loader = jinja2.DictLoader(sources)
-    return renderer
-
-
 def compile_problems(renderer: Renderer, names: list[str]) -> list[str]:
     """``file:line: message`` for each named template that does not compile."""
     problems = []
@@ -333,7 +360,7 @@ def load_renderer(templates_dir: Path) -> Renderer:
     """
     root = Path(templates_dir)
     sources, problems = read_sources(root)
-    renderer = snapshot(root, sources)
+    renderer = Renderer(root, sources)  # reads the snapshot, never the disk
     problems += compile_problems(renderer, [name for name in sources if name.endswith(TEMPLATE_SUFFIXES)])
     if problems:
         raise RenderError("\n".join(problems))

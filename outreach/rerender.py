@@ -1,10 +1,11 @@
 """Messages whose template failed when they were queued, rendered again (``outreach retry``).
 
 The planner stores such a message as ``failed`` with an empty body, but
-with its rule, client, physician and dedupe key: everything needed to
-render it again once the template is fixed, as the planner would have
-rendered it (``context.message_context`` for an update about a client,
-``context.physician_context`` for its period for a physician's summary).
+with its rule, client, event, physician and dedupe key: everything needed
+to render it again once the template is fixed, as the planner would have
+rendered it (``context.client_context`` with its event for an update about
+a client, ``context.physician_context`` for its period, read from the
+dedupe key, for a physician's summary).
 A message rendered again is queued like a new one (held for the
 physician's send window unless urgent; a summary of fewer clients than
 ``MIN_COHORT`` suppressed, as the planner would have it); whether it may
@@ -24,10 +25,19 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import Connection, exists, select, update
 
-from outreach.context import MIN_COHORT, message_context, physician_context
+from outreach.context import MIN_COHORT, Period, client_context, physician_context
 from outreach.errors import OutreachError, RenderError
-from outreach.models import FAILED, PENDING, PRIORITIES, SUPPRESSED, message_bodies, messages, physicians
-from outreach.outbox import trail
+from outreach.models import (
+    DEIDENTIFICATION,
+    FAILED,
+    PENDING,
+    PRIORITIES,
+    SUPPRESSED,
+    message_bodies,
+    messages,
+    physicians,
+)
+from outreach.outbox import log_line, trail
 from outreach.rules import Rule
 from outreach.settings import Settings
 
@@ -83,6 +93,7 @@ class Rerenderer:
                 messages.c.rule,
                 messages.c.dedupe_key,
                 messages.c.client_id,
+                messages.c.event_id,
                 messages.c.physician_id,
                 physicians.c.timezone,
                 physicians.c.send_window,
@@ -96,7 +107,9 @@ class Rerenderer:
             try:
                 redone.append(self._one(conn, row, now))
             except OutreachError as exc:
-                problems.append(f"message {row.id} ({row.rule}) still cannot be rendered: {_one_line(exc)}")
+                problems.append(
+                    f"message {row.id} ({row.rule}) still cannot be rendered: {log_line(str(exc).strip() or type(exc).__name__)}"
+                )
         if problems:
             raise RenderError("\n".join([*problems, "nothing was queued again"]))
         return redone
@@ -114,7 +127,7 @@ class Rerenderer:
             if context["cohort"]["size"] < MIN_COHORT:  # as the planner decides it
                 suppress = f"fewer than {MIN_COHORT} clients: the summary could identify them"
         else:
-            context = message_context(conn, self.settings, rule, row.client_id, row.dedupe_key, now)
+            context = client_context(conn, self.settings, rule, row.client_id, now, row.event_id)
         rendered = self.renderer.render(rule.template, context)
         not_before, held = None, ""
         if rule.priority == PRIORITIES["normal"] and suppress is None:
@@ -122,7 +135,7 @@ class Rerenderer:
         return Redone(row.id, rule.template, rendered, not_before, held, suppress)
 
 
-def period_of(dedupe_key: str, kind: str) -> dict:
+def period_of(dedupe_key: str, kind: str) -> Period:
     """The calendar period a physician's summary covers, read back from its dedupe key.
 
     The key ends with the period's key (``2026-10`` or ``2026Q3``); the
@@ -138,7 +151,7 @@ def period_of(dedupe_key: str, kind: str) -> dict:
     start = date(year, number if kind == "month" else 3 * number - 2, 1)
     after = (start + timedelta(days=32 if kind == "month" else 95)).replace(day=1)
     period = previous_period(kind, after)
-    if period["key"] != key:
+    if period.key != key:
         raise RenderError(f"dedupe key {dedupe_key!r}: {key} is not a {kind}")
     return period
 
@@ -162,6 +175,7 @@ def store_redone(conn: Connection, redone: list[Redone], now: datetime) -> int:
                 attempts=0,
                 not_before=item.not_before,
                 next_attempt_at=now if status == PENDING else None,
+                reason=DEIDENTIFICATION if item.suppress else None,
                 last_error=item.suppress,
                 updated_at=now,
             )
@@ -180,8 +194,3 @@ def store_redone(conn: Connection, redone: list[Redone], now: datetime) -> int:
             trail(conn, item.message_id, now, "queued", REQUEUED + (f"; {item.held}" if item.held else ""))
         done += 1
     return done
-
-
-def _one_line(exc: Exception) -> str:
-    lines = str(exc).strip().splitlines()
-    return "; ".join(lines) if lines else type(exc).__name__

@@ -13,6 +13,7 @@ from datetime import date, datetime, time
 
 from sqlalchemy import Connection, case, select
 
+from outreach import tables
 from outreach.errors import NotFound
 from outreach.models import MESSAGE_STATUSES, SENT, clients, message_events, messages, physicians
 
@@ -161,10 +162,7 @@ def format_table(rows: list[dict], tz) -> str:
                 _clip(note, 60),
             )
         )
-    widths = [max(len(h), *(len(r[i]) for r in table)) for i, h in enumerate(headers)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in table]
-    return "\n".join(lines)
+    return tables.format_table(headers, table)
 
 
 def _clip(text: str, width: int) -> str:

@@ -31,12 +31,16 @@ RULE_KEYS = {
     "consent_required",
     "kind",
     "enabled",
+    "loop",
+    "loop_within",
 }
 WHEN_KEYS = {"event", "every", "since", "scope", "consecutive"}
 CALENDAR_PERIODS = ("month", "quarter")
 ANCHORS = (*EVENT_KINDS, "referral_date")
 DURATION_RE = re.compile(r"^\s*(\d+)\s*(m|h|d|w)\s*$")
 DURATION_UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+BUSINESS_DAYS_RE = re.compile(r"^\s*(\d+)\s+business\s+days?\s*$")
+MOST_BUSINESS_DAYS = 30
 TEMPLATE_PARTS = ("subject.txt", "body.html", "body.txt")
 
 
@@ -57,6 +61,11 @@ class Rule:
     consent_required: bool = True
     kind: str = "clinical"  # or "relationship"
     description: str = ""
+    # An expected communication ``outreach loops`` follows, by this name: an
+    # event rule's email is due within ``loop_within`` business days of the
+    # event; a recurring rule's, ``every`` after the last one sent.
+    loop: str | None = None
+    loop_within: int | None = None  # business days
 
     @property
     def trigger(self) -> str:
@@ -72,6 +81,17 @@ def parse_duration(text: object) -> timedelta:
         return timedelta(**{DURATION_UNITS[match[2]]: int(match[1])})
     except OverflowError:
         raise ValueError(f"{text!r} is too long a duration") from None
+
+
+def parse_business_days(text: object) -> int:
+    """``"2 business days"`` as 2; ValueError otherwise."""
+    match = BUSINESS_DAYS_RE.match(text) if isinstance(text, str) else None
+    if not match:
+        raise ValueError(f"{text!r} is not a deadline like '2 business days'")
+    days = int(match[1])
+    if not 1 <= days <= MOST_BUSINESS_DAYS:
+        raise ValueError(f"{text!r}: give from 1 to {MOST_BUSINESS_DAYS} business days")
+    return days
 
 
 def template_exists(templates_dir: Path, name: str) -> bool:
@@ -95,6 +115,7 @@ def check_rules(campaigns_dir: Path, templates_dir: Path) -> tuple[list[Rule], l
     rules: list[Rule] = []
     problems: list[str] = []
     seen: dict[str, str] = {}
+    loops: dict[str, str] = {}
     for path in files:
         file_rules, file_problems = _parse_file(path, templates_dir)
         problems += file_problems
@@ -102,7 +123,14 @@ def check_rules(campaigns_dir: Path, templates_dir: Path) -> tuple[list[Rule], l
             if rule.name in seen:
                 problems.append(f"{path}: {rule.name}: rule name already used in {seen[rule.name]}")
                 continue
+            if rule.loop is not None and rule.loop in loops:
+                problems.append(
+                    f"{path}: {rule.name}/loop: {rule.loop!r} already used by rule {loops[rule.loop]}"
+                )
+                continue
             seen[rule.name] = str(path)
+            if rule.loop is not None:
+                loops[rule.loop] = rule.name
             rules.append(rule)
     return rules, problems
 
@@ -165,6 +193,7 @@ class _RuleBuilder:
         fields["kind"] = self._choice(body, "kind", default_kind, ("clinical", "relationship"))
         fields["consent_required"] = self._bool(body, "consent_required", scope == "client")
         fields["description"] = str(body.get("description", ""))
+        fields.update(self._loop(body, fields))
         for key in ("enabled",):
             if key in body and not isinstance(body[key], bool):
                 self.problem(key, "must be true or false")
@@ -230,6 +259,33 @@ class _RuleBuilder:
         if interval < timedelta(days=1):
             self.problem("when.every", "must be at least 1d")
         return {"scope": scope, "every": interval, "since": since}
+
+    def _loop(self, body: dict, fields: dict) -> dict:
+        """``loop`` and ``loop_within``: an expected communication, and its deadline after the event."""
+        if "loop" not in body:
+            if "loop_within" in body:
+                self.problem("loop_within", 'goes with loop = "NAME" (the name outreach loops shows)')
+            return {}
+        name = body["loop"]
+        if not isinstance(name, str) or not name.strip() or not name.isprintable():
+            self.problem("loop", 'must be a name on one line, e.g. loop = "discharge summary"')
+            return {}
+        if fields.get("scope", "client") != "client":
+            self.problem("loop", "only a rule about one client is followed by outreach loops")
+            return {}
+        if "event" not in fields:  # recurring: due ``every`` after the last one sent
+            if "loop_within" in body:
+                self.problem("loop_within", "a recurring rule is due every 'when.every'; no loop_within")
+            return {"loop": name}
+        if "loop_within" not in body:
+            self.problem("loop_within", 'missing: how soon after the event, e.g. "2 business days"')
+            return {}
+        try:
+            within = parse_business_days(body["loop_within"])
+        except ValueError as exc:
+            self.problem("loop_within", str(exc))
+            return {}
+        return {"loop": name, "loop_within": within}
 
     def _template(self, name: object) -> str:
         if not isinstance(name, str) or not name:

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from importlib.resources import files
 from pathlib import Path
+from typing import Any, cast
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlalchemy.engine import make_url
@@ -24,7 +25,19 @@ from outreach.windows import parse_window
 BACKENDS = ("smtp", "file", "console")
 SECURITY_MODES = ("starttls", "ssl", "none")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
-EMAIL_RE = re.compile(r"^[^@\s<>,;:\"()\[\]]+@[^@\s<>,;:\"()\[\]]+\.[^@\s<>,;:\"()\[\]]+$")
+# What an address may hold: no whitespace, control characters or characters
+# that end an address in a header or an SMTP command, or start another.
+_ADDRESS = re.compile(r'[^\s\x00-\x1f\x7f<>()\[\],;:"\\@]+@[^\s\x00-\x1f\x7f<>()\[\],;:"\\@]+')
+
+
+def is_address(value: str) -> bool:
+    """An address that can be written as it is, in a header or an SMTP envelope.
+
+    The one address rule: ``compose`` writes only such addresses, and
+    ``address_problem`` (what a person may enter) starts from it. Non-ASCII
+    passes: the file backend can still show it, the SMTP backend refuses it.
+    """
+    return len(value) <= 254 and _ADDRESS.fullmatch(value) is not None
 
 
 def address_problem(value: str) -> str | None:
@@ -33,7 +46,8 @@ def address_problem(value: str) -> str | None:
     Non-ASCII addresses are refused here, where a person can fix them, not
     at sending time: SMTP as we speak it cannot carry them.
     """
-    if not EMAIL_RE.match(value):
+    domain = value.rpartition("@")[2]
+    if not is_address(value) or "." not in domain[1:-1]:
         return f"{value!r} is not an email address"
     if value[0] in "=+-":  # legal, but a spreadsheet would run it as a formula (see csvsafe)
         return f"{value!r} begins with {value[0]!r}, which a spreadsheet runs as a formula"
@@ -54,9 +68,10 @@ def parse_mailbox(value: str) -> tuple[str, str]:
             raise ValueError(problem)
         return "", value
     from email.errors import InvalidHeaderDefect
-    from email.headerregistry import HeaderRegistry
+    from email.headerregistry import AddressHeader, HeaderRegistry
 
-    header = HeaderRegistry()("From", value)
+    parsed = HeaderRegistry()("From", value)
+    header = cast(AddressHeader, parsed)  # a From header is an address header
     if len(header.addresses) > 1:
         raise ValueError(f"{value!r} is more than one address (put a name with a comma in double quotes)")
     not_one = f"{value!r} is not an address or one 'Name <address>'"
@@ -66,7 +81,7 @@ def parse_mailbox(value: str) -> tuple[str, str]:
     problem = address_problem(mailbox.addr_spec)
     if problem:
         raise ValueError(problem)
-    if any(isinstance(defect, InvalidHeaderDefect) for defect in header.defects):
+    if any(isinstance(defect, InvalidHeaderDefect) for defect in parsed.defects):
         raise ValueError(not_one)
     return mailbox.display_name, mailbox.addr_spec
 
@@ -135,6 +150,7 @@ class Settings:
     log_level: str = "INFO"
     send_window: str = "Mon-Fri 08:00-17:00"
     weekly_cap: int = 3
+    db_busy_seconds: float = 30.0  # how long a SQLite writer waits for another before "database is locked"
 
     @property
     def tz(self) -> ZoneInfo:
@@ -144,7 +160,7 @@ class Settings:
     def from_domain(self) -> str:
         return self.from_addr.rpartition("@")[2]
 
-    def with_(self, **changes: object) -> Settings:
+    def with_(self, **changes: Any) -> Settings:
         return replace(self, **changes)
 
     @classmethod
@@ -165,7 +181,7 @@ class Settings:
             smtp_ca_file=reader.ca_file("SMTP_CA_FILE"),
             smtp_allow_insecure=reader.boolean("SMTP_ALLOW_INSECURE", False),
             **reader.sender("FROM", cls.from_addr),
-            reply_to=reader.email("REPLY_TO", "", required=False),
+            reply_to=reader.email("REPLY_TO", ""),
             practice_name=reader.text("PRACTICE_NAME", cls.practice_name),
             practice_address=reader.text("PRACTICE_ADDRESS", cls.practice_address),
             practice_phone=reader.text("PRACTICE_PHONE", ""),
@@ -183,6 +199,7 @@ class Settings:
             log_level=reader.choice("LOG_LEVEL", cls.log_level, LOG_LEVELS, upper=True),
             send_window=reader.window("SEND_WINDOW", cls.send_window),
             weekly_cap=reader.integer("WEEKLY_CAP", cls.weekly_cap, 1, 100),
+            db_busy_seconds=reader.number("DB_BUSY_SECONDS", cls.db_busy_seconds, most=3600),
         )
         return settings
 
@@ -240,7 +257,7 @@ class _Reader:
             raise self.fail(key, f"{number} is out of range (between {low}{upper})")
         return number
 
-    def number(self, key: str, default: float) -> float:
+    def number(self, key: str, default: float, most: float = 600) -> float:
         value = self.raw(key)
         if value is None:
             return default
@@ -248,8 +265,8 @@ class _Reader:
             number = float(value)
         except ValueError:
             raise self.fail(key, f"{value!r} is not a number of seconds") from None
-        if not 0 < number <= 600:
-            raise self.fail(key, f"{value} is out of range (0 to 600 seconds)")
+        if not 0 < number <= most:
+            raise self.fail(key, f"{value} is out of range (0 to {most:g} seconds)")
         return number
 
     def boolean(self, key: str, default: bool) -> bool:
@@ -275,7 +292,7 @@ class _Reader:
             raise self.fail(key, f"database {url.get_backend_name()!r} is not supported")
         return value
 
-    def email(self, key: str, default: str, required: bool = True) -> str:
+    def email(self, key: str, default: str) -> str:
         value = self.raw(key)
         if value is None:
             return default

@@ -67,13 +67,22 @@ def record_send_ok(engine: Engine, name: str, now: datetime) -> None:
     _upsert(engine, name, now, heartbeat_at=now, last_send_ok_at=now)
 
 
+@dataclass(frozen=True)
+class Waiting:
+    """The message that has waited longest to be sent."""
+
+    id: int
+    created_at: datetime
+    next_attempt_at: datetime | None
+
+
 @dataclass
 class Health:
     now: datetime
     last_heartbeat: datetime | None
     running: list[str]
     queue: dict[str, int]
-    oldest_pending: object | None
+    oldest_pending: Waiting | None
     last_error: str | None
     last_error_at: datetime | None
     stale: list[str] = field(default_factory=list)  # "name (last heartbeat 45 s ago)"
@@ -90,7 +99,9 @@ def health(conn: Connection, now: datetime, tick_seconds: int) -> Health:
     stale_after = max(MIN_STALE, timedelta(seconds=STALE_AFTER_TICKS * tick_seconds))
     running = [r for r in rows if r.stopped_at is None and now - r.heartbeat_at <= stale_after]
     stale = [r for r in rows if r.stopped_at is None and stale_after < now - r.heartbeat_at <= SHOW_STALE_FOR]
-    counts = dict(conn.execute(select(messages.c.status, func.count()).group_by(messages.c.status)).all())
+    counts: dict[str, int] = dict(
+        conn.execute(select(messages.c.status, func.count()).group_by(messages.c.status)).all()
+    )
     oldest = conn.execute(
         select(messages.c.id, messages.c.created_at, messages.c.next_attempt_at, messages.c.last_error)
         .where(messages.c.status == PENDING)
@@ -104,7 +115,7 @@ def health(conn: Connection, now: datetime, tick_seconds: int) -> Health:
         last_heartbeat=rows[0].heartbeat_at if rows else None,
         running=[r.name for r in running],
         queue={status: counts.get(status, 0) for status in MESSAGE_STATUSES},
-        oldest_pending=oldest,
+        oldest_pending=Waiting(oldest.id, oldest.created_at, oldest.next_attempt_at) if oldest else None,
         last_error=latest.last_error if latest else None,
         last_error_at=latest.last_error_at if latest else None,
         stale=[f"{r.name} (last heartbeat {_ago(now - r.heartbeat_at)} ago)" for r in stale],

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import re
 import stat
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
@@ -36,32 +36,15 @@ T = TypeVar("T")
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 # ``revision = "0005"`` and ``down_revision = "0004"`` in a migration file (either quotes).
 REVISION_LINE = re.compile(r"""^(revision|down_revision) = ["']([^"']+)["']$""", re.MULTILINE)
+# How long a SQLite writer waits for another before "database is locked" when the
+# caller does not say (``Settings.db_busy_seconds``, ``OUTREACH_DB_BUSY_SECONDS``, says).
 SQLITE_BUSY_SECONDS = 30.0
-BUSY_KEY = "OUTREACH_DB_BUSY_SECONDS"
-
-
-def busy_seconds(env: Mapping[str, str] | None = None) -> float:
-    """How long a SQLite writer waits for another one before "database is locked".
-
-    ``OUTREACH_DB_BUSY_SECONDS`` (default 30): long enough to ride out a busy
-    moment, short enough that a service facing a stuck lock says so in its log.
-    """
-    value = (os.environ if env is None else env).get(BUSY_KEY, "").strip()
-    if not value:
-        return SQLITE_BUSY_SECONDS
-    try:
-        seconds = float(value)
-    except ValueError:
-        raise SettingsError(f"{BUSY_KEY}: {value!r} is not a number of seconds") from None
-    if not 0 < seconds <= 3600:
-        raise SettingsError(f"{BUSY_KEY}: {value} is out of range (0 to 3600 seconds)")
-    return seconds
 
 
 URL_KEY = "OUTREACH_DATABASE_URL"
 
 
-def connect(url: str, busy: float | None = None) -> Engine:
+def connect(url: str, busy: float = SQLITE_BUSY_SECONDS) -> Engine:
     """An engine for the URL; SQLite gets WAL, foreign keys and immediate writes.
 
     A driver that is not installed, or a SQLite file that cannot be created,
@@ -70,7 +53,7 @@ def connect(url: str, busy: float | None = None) -> Engine:
     parsed = make_url(url)
     try:
         if parsed.get_backend_name() == "sqlite":
-            return _sqlite_engine(parsed, busy_seconds() if busy is None else busy)
+            return _sqlite_engine(parsed, busy)
         return create_engine(parsed, pool_pre_ping=True)
     except (ModuleNotFoundError, NoSuchModuleError) as exc:
         raise SettingsError(_missing_driver(parsed, exc)) from None

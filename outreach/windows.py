@@ -43,6 +43,11 @@ class Window:
         return f"{names} {self.start:%H:%M}-{self.end:%H:%M}"
 
 
+def physician_zone(timezone: str | None, practice: ZoneInfo) -> ZoneInfo:
+    """A physician's own time zone, or the practice's when none is recorded for them."""
+    return ZoneInfo(timezone) if timezone else practice
+
+
 def parse_window(text: str) -> Window:
     """Parse ``"Mon-Fri 08:00-17:00"``; ValueError with a readable reason."""
     match = WINDOW_RE.match(text or "")

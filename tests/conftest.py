@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import ssl
 import uuid
 from datetime import UTC, datetime
@@ -28,6 +29,8 @@ NOW = datetime(2026, 11, 25, 15, 0, tzinfo=UTC)  # a Wednesday, 10:00 in New Yor
 # fixture below clears OUTREACH_* variables.
 POSTGRES_URL = os.environ.get("OUTREACH_TEST_POSTGRES_URL", "")
 DATABASES = ["sqlite", "postgresql"] if POSTGRES_URL else ["sqlite"]
+# Replays the crash test's kill times (it prints the seed it used).
+CRASH_SEED = os.environ.get("OUTREACH_TEST_CRASH_SEED", "")
 
 
 @pytest.fixture(params=DATABASES)
@@ -65,10 +68,25 @@ def settings(tmp_path: Path, database_url: str) -> Settings:
     )
 
 
-@pytest.fixture
-def engine(settings: Settings):
-    engine = store.connect(settings.database_url)
+@pytest.fixture(scope="session")
+def migrated_sqlite(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An SQLite file at the newest schema, made once: each test starts from a copy of it."""
+    path = tmp_path_factory.mktemp("template") / "migrated.db"
+    engine = store.connect(f"sqlite:///{path}")
     store.migrate(engine)
+    engine.dispose()  # the last connection closed: the WAL is folded into the file
+    return path
+
+
+@pytest.fixture
+def engine(settings: Settings, migrated_sqlite: Path):
+    """The test's database at the newest schema (SQLite: a copy of one migrated file, for speed)."""
+    url = make_url(settings.database_url)
+    if url.get_backend_name() == "sqlite" and url.database and not Path(url.database).exists():
+        shutil.copyfile(migrated_sqlite, url.database)
+        os.chmod(url.database, 0o600)
+    engine = store.connect(settings.database_url)
+    store.migrate(engine)  # nothing to do on a copy; the whole schema on PostgreSQL
     yield engine
     engine.dispose()
 

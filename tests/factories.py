@@ -62,3 +62,25 @@ def trail(engine, message_id: int) -> list[tuple[str, str]]:
             .order_by(message_events.c.id)
         )
         return [(r.action, r.detail) for r in rows]
+
+
+def shipped_rules(settings):
+    """The rules that come with outreach, as the service loads them."""
+    from outreach.rules import load_rules
+
+    return load_rules(settings.campaigns_dir, settings.templates_dir)
+
+
+def demo_clients_for(engine, rule):
+    """The demo clients a rule applies to (those with its event, for an event rule)."""
+    from sqlalchemy import select
+
+    from outreach.models import clients, events
+
+    with store.read(engine) as conn:
+        query = select(clients.c.ref, clients.c.first_name, clients.c.last_name, clients.c.diagnosis)
+        if rule.event:
+            query = query.where(
+                clients.c.id.in_(select(events.c.client_id).where(events.c.kind == rule.event))
+            )
+        return conn.execute(query.order_by(clients.c.id)).all()

@@ -34,6 +34,7 @@ CLOCK_COMMANDS = [
     ("demo",),
     ("status",),
     ("retry",),
+    ("cancel",),
 ]
 
 
@@ -99,6 +100,8 @@ def test_the_readme_mentions_every_command():
         ("log", "show", "not-a-number"),
         ("preview",),
         ("retry",),
+        ("cancel",),
+        ("cancel", "not-a-number"),
     ],
     ids=lambda args: " ".join(args),
 )
@@ -144,6 +147,7 @@ def rule_env(tmp_path: Path) -> dict[str, str]:
         ("demo", "--dir", "{demo}"),
         ("status",),
         ("retry", "--all-failed"),
+        ("cancel", "1"),
     ],
     ids=lambda args: " ".join(args[:2]),
 )

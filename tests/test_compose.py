@@ -37,7 +37,7 @@ from outreach.planner import preview
 from outreach.renderer import Renderer
 from outreach.settings import Settings
 from tests.conftest import NOW, smtp_settings
-from tests.test_render import demo_clients_for, shipped_rules
+from tests.factories import demo_clients_for, shipped_rules
 
 SENT_AT = datetime(2026, 11, 25, 15, 30, 5, tzinfo=UTC)
 BASE_HEADERS = ["From", "To", "Subject", "Date", "Message-ID", "MIME-Version", "Content-Type"]

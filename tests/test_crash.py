@@ -17,7 +17,7 @@ import pytest
 
 from outreach import store
 from outreach.models import SENT, utcnow
-from tests.conftest import smtp_settings
+from tests.conftest import CRASH_SEED, smtp_settings
 from tests.service_helpers import (
     Daemon,
     queue_many,
@@ -35,7 +35,8 @@ KILLS = 20
 
 @pytest.mark.slow
 def test_sigkill_at_random_moments_loses_nothing_and_doubles_at_most_one_per_kill(tmp_path, smtp_server):
-    seed = random.randrange(1_000_000)
+    seed = int(CRASH_SEED or random.randrange(1_000_000))
+    print(f"crash seed {seed}: OUTREACH_TEST_CRASH_SEED={seed} replays these kill times")  # shown on failure
     rng = random.Random(seed)
     cfg = smtp_settings(sqlite_settings(tmp_path), smtp_server)
     engine = store.connect(cfg.database_url)

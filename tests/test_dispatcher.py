@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import email
 import email.policy
+import logging
 import threading
 from datetime import timedelta
 
-from outreach.backends.base import Backend, no_wait
-from outreach.dispatcher import claim, send_due
+from sqlalchemy import event
+
+from outreach.backends.base import Backend
+from outreach.dispatcher import Dispatcher, claim
 from outreach.models import PENDING, SENDING, SENT
 from tests.conftest import NOW
 from tests.factories import message, queue_message, trail
@@ -21,8 +24,7 @@ class Recorder(Backend):
         self.sent = []
         self.on_send = on_send
 
-    def send(self, msg, sender, recipient, before_data=no_wait):
-        before_data()
+    def _data(self, msg):
         self.sent.append(email.message_from_bytes(msg.data, policy=email.policy.default))
         if self.on_send:
             self.on_send(len(self.sent))
@@ -36,11 +38,11 @@ def test_a_crashed_claim_goes_back_to_the_queue_with_the_same_message_id(engine,
     assert message(engine, message_id).status == SENDING
 
     backend = Recorder()
-    before_expiry = send_due(engine, settings, backend, lambda: NOW + timedelta(seconds=10))
+    before_expiry = Dispatcher(engine, settings, backend, lambda: NOW + timedelta(seconds=10)).send_due()
     assert before_expiry.sent == [] and backend.sent == []
 
     after = NOW + timedelta(seconds=settings.lease_seconds + 1)
-    report = send_due(engine, settings, backend, lambda: after)
+    report = Dispatcher(engine, settings, backend, lambda: after).send_due()
     assert report.released == 1 and report.sent == [message_id]
     assert backend.sent[0]["Message-ID"] == original
     assert "released" in [action for action, _ in trail(engine, message_id)]
@@ -50,7 +52,7 @@ def test_stop_finishes_the_message_in_flight_and_leaves_the_rest_queued(engine, 
     ids = [queue_message(engine) for _ in range(5)]
     stop = threading.Event()
     backend = Recorder(on_send=lambda n: stop.set() if n == 2 else None)
-    report = send_due(engine, settings, backend, lambda: NOW, stop=stop)
+    report = Dispatcher(engine, settings, backend, lambda: NOW).send_due(stop=stop)
     assert report.sent == ids[:2]
     assert [message(engine, i).status for i in ids] == [SENT, SENT, PENDING, PENDING, PENDING]
     assert all(message(engine, i).attempts == 0 for i in ids[2:])
@@ -60,22 +62,24 @@ def test_urgent_messages_leave_first(engine, settings):
     normal = [queue_message(engine) for _ in range(3)]
     urgent = queue_message(engine, priority=10)
     backend = Recorder()
-    report = send_due(engine, settings, backend, lambda: NOW)
+    report = Dispatcher(engine, settings, backend, lambda: NOW).send_due()
     assert report.sent[0] == urgent and sorted(report.sent[1:]) == normal
     assert backend.sent[0]["Importance"] == "high"
 
 
 def test_not_before_holds_a_message_until_its_time(engine, settings):
     later = queue_message(engine, not_before=NOW + timedelta(hours=3))
-    assert send_due(engine, settings, Recorder(), lambda: NOW).sent == []
-    assert send_due(engine, settings, Recorder(), lambda: NOW + timedelta(hours=3)).sent == [later]
+    assert Dispatcher(engine, settings, Recorder(), lambda: NOW).send_due().sent == []
+    three_hours_on = Dispatcher(engine, settings, Recorder(), lambda: NOW + timedelta(hours=3))
+    assert three_hours_on.send_due().sent == [later]
 
 
 def test_limit_caps_one_send(engine, settings):
     for _ in range(4):
         queue_message(engine)
-    assert len(send_due(engine, settings, Recorder(), lambda: NOW, limit=3).sent) == 3
-    assert len(send_due(engine, settings, Recorder(), lambda: NOW).sent) == 1
+    dispatcher = Dispatcher(engine, settings, Recorder(), lambda: NOW)
+    assert len(dispatcher.send_due(limit=3).sent) == 3
+    assert len(dispatcher.send_due().sent) == 1
 
 
 def test_two_workers_never_claim_the_same_message(engine, settings):
@@ -97,14 +101,40 @@ def test_each_email_is_handed_over_only_once_the_one_before_is_on_record(engine,
     unrecorded_at_handover: list[int] = []
 
     class Checking(Backend):
-        def send(self, msg, sender, recipient, before_data=no_wait):
-            before_data()
+        def _data(self, msg):
             unrecorded = [i for i in accepted if message(engine, i).status != SENT]
             unrecorded_at_handover.append(len(unrecorded))
             accepted.append(by_message_id[msg.message_id])
             return "250 accepted"
 
-    report = send_due(engine, settings, Checking(), lambda: NOW)
+    report = Dispatcher(engine, settings, Checking(), lambda: NOW).send_due()
     assert sorted(report.sent) == ids
     assert unrecorded_at_handover == [0] * len(ids)
     assert {message(engine, i).status for i in ids} == {SENT}
+
+
+def test_the_recording_thread_keeps_one_connection_for_the_whole_batch(engine, settings):
+    """Outcomes come fast: one connection for the batch, not one per outcome."""
+    ids = [queue_message(engine) for _ in range(10)]
+    checkouts: list[str] = []
+
+    def checked_out(*_):
+        checkouts.append(threading.current_thread().name)
+
+    event.listen(engine, "checkout", checked_out)
+    try:
+        report = Dispatcher(engine, settings, Recorder(), lambda: NOW).send_due()
+    finally:
+        event.remove(engine, "checkout", checked_out)
+    assert sorted(report.sent) == ids
+    assert sum(name.startswith("outreach-recorder") for name in checkouts) == 1, checkouts
+
+
+def test_the_sending_thread_counts_and_logs_each_outcome(engine, settings, caplog):
+    """The recording thread only writes; the report and the log are the sending thread's."""
+    ids = [queue_message(engine) for _ in range(3)]
+    caplog.set_level(logging.INFO, logger="outreach.dispatcher")
+    report = Dispatcher(engine, settings, Recorder(), lambda: NOW).send_due()
+    assert sorted(report.sent) == ids
+    sent = [r for r in caplog.records if " sent to " in r.getMessage()]
+    assert len(sent) == 3 and {r.threadName for r in sent} == {threading.current_thread().name}

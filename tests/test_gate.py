@@ -14,7 +14,7 @@ from sqlalchemy import select
 
 from outreach import store
 from outreach.backends import get_backend
-from outreach.dispatcher import send_due
+from outreach.dispatcher import Dispatcher
 from outreach.models import physicians
 from tests.conftest import checked_cli, smtp_settings
 
@@ -122,7 +122,8 @@ def test_revoked_consent_stops_a_single_update_claimed_for_sending(clinic, setti
     from outreach.daemon import make_clock
     from outreach.importer import parse_datetime
 
-    report = send_due(engine, cfg, get_backend(cfg), make_clock(parse_datetime(MORNING, "now", cfg.tz)))
+    clock = make_clock(parse_datetime(MORNING, "now", cfg.tz))
+    report = Dispatcher(engine, cfg, get_backend(cfg), clock).send_due()
     assert server.received == [] and report.sent == []
     [update] = by_ref(cli, "K-1")
     assert update["status"] == "suppressed" and "consent revoked" in update["last_error"]

@@ -20,25 +20,11 @@ from outreach.instruments import (
     WITHIN_THRESHOLD,
     Outcome,
 )
-from outreach.models import clients, events, physicians
+from outreach.models import clients, physicians
 from outreach.planner import preview
 from outreach.renderer import Renderer
-from outreach.rules import load_rules
 from tests.conftest import NOW
-
-
-def shipped_rules(settings):
-    return load_rules(settings.campaigns_dir, settings.templates_dir)
-
-
-def demo_clients_for(engine, rule):
-    with store.read(engine) as conn:
-        query = select(clients.c.ref, clients.c.first_name, clients.c.last_name, clients.c.diagnosis)
-        if rule.event:
-            query = query.where(
-                clients.c.id.in_(select(events.c.client_id).where(events.c.kind == rule.event))
-            )
-        return conn.execute(query.order_by(clients.c.id)).all()
+from tests.factories import demo_clients_for, shipped_rules
 
 
 def test_every_shipped_rule_renders_for_every_demo_client_it_applies_to(demo_engine, settings):

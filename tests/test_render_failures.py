@@ -224,7 +224,7 @@ def test_a_summary_period_is_read_back_from_its_dedupe_key(kind):
     day = date(2025, 1, 1)
     while day < date(2027, 1, 1):
         period = previous_period(kind, day)
-        assert period_of(f"summary:physician:7:{period['key']}", kind) == period
+        assert period_of(f"summary:physician:7:{period.key}", kind) == period
         day += timedelta(days=17)
 
 

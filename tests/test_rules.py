@@ -154,6 +154,39 @@ BAD_RULES = {
         '[rules.hourly]\nwhen = { every = "12h" }\ntemplate = "note"\n',
         "hourly/when.every: must be at least 1d",
     ),
+    "loop_within not in business days": (
+        GOOD_RULE + 'loop = "assessment note"\nloop_within = "2 days"\n',
+        "assessment_note/loop_within: '2 days' is not a deadline like '2 business days'",
+    ),
+    "loop_within of no days": (
+        GOOD_RULE + 'loop = "assessment note"\nloop_within = "0 business days"\n',
+        "assessment_note/loop_within: '0 business days': give from 1 to 30 business days",
+    ),
+    "loop_within a number": (
+        GOOD_RULE + 'loop = "assessment note"\nloop_within = 2\n',
+        "assessment_note/loop_within: 2 is not a deadline like '2 business days'",
+    ),
+    "loop without loop_within": (
+        GOOD_RULE + 'loop = "assessment note"\n',
+        "assessment_note/loop_within: missing: how soon after the event",
+    ),
+    "loop_within without loop": (
+        GOOD_RULE + 'loop_within = "2 business days"\n',
+        'assessment_note/loop_within: goes with loop = "NAME"',
+    ),
+    "loop not a name": (
+        GOOD_RULE + 'loop = ""\nloop_within = "2 business days"\n',
+        "assessment_note/loop: must be a name on one line",
+    ),
+    "loop on a physician rule": (
+        '[rules.news]\nwhen = { every = "quarter", scope = "physician" }\ntemplate = "note"\nloop = "news"\n',
+        "news/loop: only a rule about one client is followed by outreach loops",
+    ),
+    "loop_within on a recurring rule": (
+        '[rules.monthly]\nwhen = { every = "30d" }\ntemplate = "note"\nloop = "monthly"\n'
+        'loop_within = "2 business days"\n',
+        "monthly/loop_within: a recurring rule is due every 'when.every'; no loop_within",
+    ),
 }
 
 
@@ -171,7 +204,8 @@ def test_a_misspelt_key_also_reports_the_missing_one(campaigns, templates):
     assert sorted(problems) == sorted(
         [
             f"{path}: assessment_note/tempalte: unknown key (allowed: "
-            "consent_required, delay, description, enabled, kind, max_age, priority, template, to, when)",
+            "consent_required, delay, description, enabled, kind, loop, loop_within, max_age, priority, "
+            "template, to, when)",
             f"{path}: assessment_note/template: missing: name a folder in the templates directory",
         ]
     )
@@ -181,6 +215,36 @@ def test_invalid_toml(campaigns, templates):
     path, problems = problems_for(campaigns, templates, '[rules.assessment_note\ntemplate = "note"\n')
     assert len(problems) == 1
     assert problems[0].startswith(f"{path}: not valid TOML: ")
+
+
+def test_an_expected_communication_is_read_from_loop_and_loop_within(campaigns, templates):
+    write_rules(
+        campaigns,
+        GOOD_RULE
+        + 'loop = "assessment note"\nloop_within = " 4  business days "\n'
+        + '[rules.monthly]\nwhen = { every = "30d" }\ntemplate = "note"\nloop = "monthly report"\n'
+        + '[rules.untracked]\nwhen = { event = "discharged" }\ntemplate = "note"\n',
+    )
+    rules, problems = check_rules(campaigns, templates)
+    assert problems == []
+    assert [(r.name, r.loop, r.loop_within) for r in rules] == [
+        ("assessment_note", "assessment note", 4),
+        ("monthly", "monthly report", None),
+        ("untracked", None, None),
+    ]
+
+
+def test_a_loop_name_used_by_two_rules(campaigns, templates):
+    first = write_rules(campaigns, GOOD_RULE + 'loop = "report"\nloop_within = "1 business day"\n', "a.toml")
+    second = write_rules(
+        campaigns,
+        '[rules.other]\nwhen = { event = "discharged" }\ntemplate = "note"\n'
+        'loop = "report"\nloop_within = "1 business day"\n',
+        "b.toml",
+    )
+    rules, problems = check_rules(campaigns, templates)
+    assert problems == [f"{second}: other/loop: 'report' already used by rule assessment_note"]
+    assert [r.source for r in rules] == [str(first)]
 
 
 def test_a_rule_name_used_in_two_files(campaigns, templates):
@@ -244,6 +308,17 @@ def test_check_passes_with_the_shipped_rules_and_templates(run_cli):
     result = run_cli("check")
     assert result.exit_code == 0, result.stderr
     assert "settings, rules and templates are valid" in result.stdout
+
+
+def test_check_warns_when_no_rule_declares_a_loop_but_passes(run_cli, campaigns, templates):
+    write_rules(campaigns, GOOD_RULE)  # valid, but `outreach loops` would list nothing
+    result = check(run_cli, campaigns, templates)
+    assert result.exit_code == 0, result.stderr
+    assert "warning:" in result.stderr and "loop = " in result.stderr
+
+
+def test_the_shipped_rules_draw_no_loop_warning(run_cli):
+    assert "warning:" not in run_cli("check").stderr
 
 
 def test_check_passes_with_a_clean_rule_set(run_cli, campaigns, templates):

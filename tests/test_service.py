@@ -19,8 +19,8 @@ import pytest
 from sqlalchemy import select
 
 from outreach import status, store
-from outreach.backends.base import Backend, no_wait
-from outreach.daemon import Control, Loop, Service, run_forever
+from outreach.backends.base import Backend
+from outreach.daemon import Control, Jobs, Service, run_forever
 from outreach.errors import BatchAbort
 from outreach.importer import import_file, record_event
 from outreach.models import FAILED, PENDING, SENDING, SENT, clients, messages, utcnow
@@ -259,8 +259,7 @@ class Flaky(Backend):
         if self.down:
             raise BatchAbort("cannot reach SMTP server test:25: Connection refused")
 
-    def send(self, msg, sender, recipient, before_data=no_wait):
-        before_data()
+    def _data(self, msg):
         return "250 OK"
 
 
@@ -268,7 +267,7 @@ def test_status_stays_failing_until_mail_actually_goes_again(engine, settings):
     backend = Flaky()
     service = Service.load(settings, engine=engine, backend=backend)
     now = [NOW]
-    loop = Loop(service, lambda: now[0], threading.Event())
+    loop = Jobs(service, lambda: now[0], threading.Event())
 
     def problems() -> list[str]:
         with store.read(engine) as conn:

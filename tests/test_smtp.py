@@ -9,7 +9,7 @@ import pytest
 
 from outreach.backends import SMTPBackend, get_backend
 from outreach.backends.smtp import classify
-from outreach.dispatcher import send_due
+from outreach.dispatcher import Dispatcher
 from outreach.errors import RecipientUnknown, SettingsError, TransientError
 from outreach.models import FAILED, PENDING, SENT
 from outreach.settings import Secret
@@ -18,7 +18,7 @@ from tests.factories import message, queue_message, trail
 
 
 def deliver(engine, settings, now=NOW, **kwargs):
-    return send_due(engine, settings, get_backend(settings), lambda: now, **kwargs)
+    return Dispatcher(engine, settings, get_backend(settings), lambda: now).send_due(**kwargs)
 
 
 def _lf(text: str) -> str:

@@ -5,7 +5,7 @@ random draw per transaction, answers 421, 451, 452, 550 or 554 at MAIL, RCPT
 or the end of DATA, drops the connection in the middle of DATA, or stalls
 past the client's timeout. It records a message only when it answers 250
 to the end of DATA, so a stall never accepts: every copy it keeps is one the
-client was told about. 1,000 messages are driven through ``send_due`` with a
+client was told about. 1,000 messages are driven through ``Dispatcher.send_due`` with a
 fake clock that jumps to the next attempt time.
 """
 
@@ -24,7 +24,7 @@ from sqlalchemy import func, select
 
 from outreach import store
 from outreach.backends import get_backend
-from outreach.dispatcher import backoff, send_due
+from outreach.dispatcher import Dispatcher, backoff
 from outreach.models import FAILED, PENDING, SENT, message_events, messages
 from tests.conftest import NOW
 from tests.service_helpers import queue_many, status_counts
@@ -233,7 +233,7 @@ def test_faulty_server_every_message_ends_sent_or_failed_never_lost_or_doubled(e
 
 
 def drive(engine, cfg) -> tuple[list[tuple[int, timedelta]], int]:
-    """``send_due`` until nothing is pending, the clock jumping to each next attempt.
+    """``Dispatcher.send_due`` until nothing is pending, the clock jumping to each next attempt.
 
     Returns (attempts, delay before the next try) for every deferral, and the
     number of passes.
@@ -243,7 +243,7 @@ def drive(engine, cfg) -> tuple[list[tuple[int, timedelta]], int]:
     while True:
         rounds += 1
         assert rounds < 200, "the queue never drained"
-        report = send_due(engine, cfg, backend, lambda now=now: now)
+        report = Dispatcher(engine, cfg, backend, lambda now=now: now).send_due()
         if report.deferred:
             with store.read(engine) as conn:
                 rows = conn.execute(

@@ -1,5 +1,10 @@
 """The backend interface: open once per batch, send many, close.
 
+``send`` runs the same steps for every backend, as django-anymail's base
+backend does: the envelope (``_envelope``), then the caller's hook, then
+the email itself (``_data``). A backend fills in the steps and never sees
+the hook, so none can forget to call it.
+
 ``send`` returns the server's acceptance text for the log, or raises one of
 ``TransientError``, ``PermanentError`` or ``BatchAbort`` (see ``errors``).
 """
@@ -32,6 +37,18 @@ class Backend:
         handed over (before SMTP DATA): the dispatcher waits there until the
         previous outcome is on record. If it raises, nothing is handed over.
         """
+        self._envelope(msg, sender, recipient)
+        before_data()
+        return self._data(msg)
+
+    def _envelope(self, msg: Email, sender: str, recipient: str) -> None:
+        """Everything before the email is handed over: checks, and who it is from and to.
+
+        A refusal here (``PermanentError``, ``TransientError``) means nothing was handed over.
+        """
+
+    def _data(self, msg: Email) -> str:
+        """Hand the email over; the acceptance text for the log."""
         raise NotImplementedError
 
     def __enter__(self) -> Backend:

@@ -3,21 +3,20 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from typing import TextIO
 
-from outreach.backends.base import Backend, no_wait
+from outreach.backends.base import Backend
 from outreach.compose import Email
 
 
 class ConsoleBackend(Backend):
     name = "console"
 
-    def __init__(self, stream=None):
+    def __init__(self, stream: TextIO | None = None):
         self.stream = stream or sys.stdout
 
-    def send(self, msg: Email, sender: str, recipient: str, before_data: Callable[[], None] = no_wait) -> str:
+    def _data(self, msg: Email) -> str:
         text = msg.data.decode("utf-8", "replace").replace("\r\n", "\n")
-        before_data()
         self.stream.write(f"{text}\n{'-' * 72}\n")
         self.stream.flush()
         return "printed to console"

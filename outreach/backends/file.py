@@ -11,10 +11,9 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-from collections.abc import Callable
 from pathlib import Path
 
-from outreach.backends.base import Backend, no_wait
+from outreach.backends.base import Backend
 from outreach.compose import Email
 from outreach.errors import BatchAbort
 
@@ -32,11 +31,10 @@ class FileBackend(Backend):
             problem = _creation_problem(self.folder, exc)
             raise BatchAbort(f"cannot create the outbox folder {self.folder}: {problem}") from None
 
-    def send(self, msg: Email, sender: str, recipient: str, before_data: Callable[[], None] = no_wait) -> str:
+    def _data(self, msg: Email) -> str:
         stem = re.sub(r"[^A-Za-z0-9.@-]", "", msg.message_id) or "message"
         path = self.folder / f"{stem}.eml"
         temporary = path.with_suffix(".tmp")
-        before_data()
         try:
             _write_private(temporary, msg.data)
             os.replace(temporary, path)  # all or nothing: no half-written emails

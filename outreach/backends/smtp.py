@@ -12,12 +12,12 @@ import contextlib
 import ipaddress
 import smtplib
 import ssl
-from collections.abc import Callable
+from collections.abc import Iterator
 
-from outreach.backends.base import Backend, no_wait
-from outreach.compose import Email, is_address
+from outreach.backends.base import Backend
+from outreach.compose import Email
 from outreach.errors import BatchAbort, PermanentError, RecipientUnknown, SettingsError, TransientError
-from outreach.settings import Settings
+from outreach.settings import Settings, is_address
 
 
 def is_loopback(host: str) -> bool:
@@ -80,7 +80,7 @@ class SMTPBackend(Backend):
 
     def _connect(self) -> smtplib.SMTP:
         s = self.settings
-        conn = None
+        conn: smtplib.SMTP | None = None
         try:
             if s.smtp_security == "ssl":
                 conn = smtplib.SMTP_SSL(
@@ -128,13 +128,13 @@ class SMTPBackend(Backend):
             except (OSError, smtplib.SMTPException):
                 _quietly_close(conn)
 
-    def send(self, msg: Email, sender: str, recipient: str, before_data: Callable[[], None] = no_wait) -> str:
-        data = _ascii_email(msg, sender, recipient)
+    def _envelope(self, msg: Email, sender: str, recipient: str) -> None:
+        _check_ascii(msg, sender, recipient)
         if self._conn is None:  # the previous message lost the connection
             self._conn = self._connect()
         conn = self._conn
-        try:
-            # The addresses are checked already (``_ascii_email``): no need for smtplib
+        with self._talking():
+            # The addresses are checked already (``_check_ascii``): no need for smtplib
             # to parse them again for every message.
             code, reply = conn.docmd("mail", f"FROM:<{sender}>")
             if code != 250:
@@ -142,10 +142,22 @@ class SMTPBackend(Backend):
             code, reply = conn.docmd("rcpt", f"TO:<{recipient}>")
             if code not in (250, 251):
                 raise self._refused(code, reply, f"RCPT TO <{recipient}>")
-            before_data()
-            code, reply = conn.data(data)
+
+    def _data(self, msg: Email) -> str:
+        conn = self._conn
+        if conn is None:  # only a hook that closed the backend gets here
+            raise TransientError(f"connection to {self.where} closed before the email was handed over")
+        with self._talking():
+            code, reply = conn.data(msg.data)
             if code != 250:
                 raise self._refused(code, reply, "DATA")
+        return f"{code} {reply.decode('utf-8', 'replace')}"
+
+    @contextlib.contextmanager
+    def _talking(self) -> Iterator[None]:
+        """smtplib's failures as delivery errors; a connection in doubt is dropped, made again next time."""
+        try:
+            yield
         except smtplib.SMTPDataError as exc:  # DATA itself refused (no 354)
             raise self._refused(exc.smtp_code, exc.smtp_error, "DATA") from None
         except (smtplib.SMTPServerDisconnected, OSError) as exc:
@@ -154,13 +166,12 @@ class SMTPBackend(Backend):
         except smtplib.SMTPException as exc:  # a reply smtplib could not read (e.g. a line too long)
             self._drop()
             raise TransientError(f"SMTP server {self.where}: {exc or type(exc).__name__}") from None
-        return f"{code} {reply.decode('utf-8', 'replace')}"
 
-    def _refused(self, code: int, reply: bytes, stage: str) -> TransientError | PermanentError:
+    def _refused(self, code: int, reply: bytes | str, stage: str) -> TransientError | PermanentError:
         error = classify(code, reply, stage)
         if code == 421:  # the server is closing the connection
             self._drop()
-        else:
+        elif self._conn is not None:
             try:
                 self._conn.rset()
             except (OSError, smtplib.SMTPException):
@@ -172,8 +183,8 @@ class SMTPBackend(Backend):
         _quietly_close(conn)
 
 
-def _ascii_email(msg: Email, sender: str, recipient: str) -> bytes:
-    """The bytes to send; an address SMTP cannot carry is this message's permanent failure.
+def _check_ascii(msg: Email, sender: str, recipient: str) -> None:
+    """An address SMTP cannot carry is this message's permanent failure.
 
     Checked before anything is said to the server, so the connection stays
     usable for the rest of the batch.
@@ -187,7 +198,6 @@ def _ascii_email(msg: Email, sender: str, recipient: str) -> bytes:
             raise PermanentError(f"{role} address {address!r} cannot be written in an SMTP envelope")
     if not msg.data.isascii():  # a non-ASCII address in a header (Reply-To)
         raise PermanentError("the email cannot be encoded: a header holds a non-ASCII address")
-    return msg.data
 
 
 def _quietly_close(conn: smtplib.SMTP | None) -> None:
