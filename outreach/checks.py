@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 
 import jinja2
-from sqlalchemy import select
+from sqlalchemy import Engine, select
 
 from outreach import store
 from outreach.backends.smtp import insecure_refusal
@@ -110,7 +110,7 @@ def check_rendering(settings: Settings, rules: list[Rule], renderer: Renderer) -
     return problems
 
 
-def _sample_clients(engine, rule: Rule) -> list[tuple[str, dict]]:
+def _sample_clients(engine: Engine, rule: Rule) -> list[tuple[str, dict]]:
     """Demo clients the rule applies to (with an event of its kind, if it has one)."""
     with store.read(engine) as conn:
         query = select(clients)

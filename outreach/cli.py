@@ -19,7 +19,7 @@ import stat
 import sys
 from datetime import date, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 from dotenv import load_dotenv
@@ -39,7 +39,10 @@ from outreach.review import (
 from outreach.settings import Settings
 
 if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
     from outreach.daemon import Service
+    from outreach.dispatcher import SendReport
 
 log = logging.getLogger("outreach")
 
@@ -71,7 +74,7 @@ def _is_text(value: str) -> bool:
 class OutreachCommand(click.Command):
     """A command whose arguments are checked to be text (``refuse_undecodable``) before it runs."""
 
-    def invoke(self, ctx: click.Context):
+    def invoke(self, ctx: click.Context) -> Any:
         refuse_undecodable(ctx)
         return super().invoke(ctx)
 
@@ -86,7 +89,7 @@ class OutreachGroup(click.Group):
     command_class = OutreachCommand
     group_class = type  # sub-groups are OutreachGroups too
 
-    def invoke(self, ctx: click.Context):
+    def invoke(self, ctx: click.Context) -> Any:
         try:
             refuse_undecodable(ctx)
             return super().invoke(ctx)
@@ -127,9 +130,9 @@ def as_option(exc: records.RowError) -> str:
 class Env:
     """Settings and the database, loaded when a command first needs them."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self._settings: Settings | None = None
-        self._engine = None
+        self._engine: Engine | None = None
 
     @property
     def settings(self) -> Settings:
@@ -138,7 +141,7 @@ class Env:
         return self._settings
 
     @property
-    def engine(self):
+    def engine(self) -> Engine:
         if self._engine is None:
             self._engine = store.connect(self.settings.database_url, self.settings.db_busy_seconds)
         return self._engine
@@ -148,7 +151,7 @@ class Env:
             self._engine.dispose()
             self._engine = None
 
-    def ready_engine(self):
+    def ready_engine(self) -> Engine:
         store.require_current(self.engine)
         return self.engine
 
@@ -182,14 +185,14 @@ def setup_logging(level: str) -> None:
 @click.group(cls=OutreachGroup)
 @click.version_option(package_name="outreach")
 @click.pass_context
-def cli(ctx: click.Context):
+def cli(ctx: click.Context) -> None:
     """Keep referring physicians informed: milestone in, clinically worded email out."""
     ctx.call_on_close(ctx.ensure_object(Env).dispose)
 
 
 @cli.command()
 @pass_env
-def init(env: Env):
+def init(env: Env) -> None:
     """Create or upgrade the database; copy the rules and templates to edit.
 
     The first time, the rules (campaigns/) and email templates
@@ -244,7 +247,7 @@ def _give_starter_folder(key: str, target: Path, what: str) -> str:
 
 @cli.command()
 @pass_env
-def check(env: Env):
+def check(env: Env) -> None:
     """Validate settings, every rule file and every template."""
     from outreach.checks import check_all, check_warnings
 
@@ -265,7 +268,7 @@ def check(env: Env):
 @click.option("--skip-invalid", is_flag=True, help="Import the valid rows and report the others.")
 @now_option
 @pass_env
-def import_(env: Env, kind: str, file: Path, skip_invalid: bool, now: str | None):
+def import_(env: Env, kind: str, file: Path, skip_invalid: bool, now: str | None) -> None:
     """Import physicians, clients, events or measures from a CSV FILE.
 
     \b
@@ -286,7 +289,7 @@ def import_(env: Env, kind: str, file: Path, skip_invalid: bool, now: str | None
 
 
 @cli.group()
-def event():
+def event() -> None:
     """Record milestones in a client's care."""
 
 
@@ -297,7 +300,7 @@ def event():
 @click.option("--note", default="", help="What happened, in clinical words.")
 @now_option
 @pass_env
-def event_add(env: Env, client_ref: str, kind: str, at: str | None, note: str, now: str | None):
+def event_add(env: Env, client_ref: str, kind: str, at: str | None, note: str, now: str | None) -> None:
     """Record that KIND (e.g. initial_assessment) happened for CLIENT_REF."""
     moment = env.now(now)
     occurred = records.parse_datetime(at, "--at", env.settings.tz) if at else moment
@@ -310,7 +313,7 @@ def event_add(env: Env, client_ref: str, kind: str, at: str | None, note: str, n
 
 
 @cli.group()
-def physician():
+def physician() -> None:
     """A referring physician's preferences (opt-out of non-clinical mail)."""
 
 
@@ -318,7 +321,7 @@ def physician():
 @click.argument("email")
 @now_option
 @pass_env
-def physician_opt_out(env: Env, email: str, now: str | None):
+def physician_opt_out(env: Env, email: str, now: str | None) -> None:
     """Stop non-clinical mail to EMAIL; clinical updates still go."""
     moment = env.now(now)
     day = env.day(moment)
@@ -331,7 +334,7 @@ def physician_opt_out(env: Env, email: str, now: str | None):
 @physician.command("opt-in")
 @click.argument("email")
 @pass_env
-def physician_opt_in(env: Env, email: str):
+def physician_opt_in(env: Env, email: str) -> None:
     """Resume non-clinical mail to EMAIL."""
     records.opt_in(env.ready_engine(), email, utcnow())
     click.echo(f"{email}: non-clinical mail resumed")
@@ -340,7 +343,7 @@ def physician_opt_in(env: Env, email: str):
 @physician.command("deliverable")
 @click.argument("email")
 @pass_env
-def physician_deliverable(env: Env, email: str):
+def physician_deliverable(env: Env, email: str) -> None:
     """Send to EMAIL again after a "no such mailbox" refusal.
 
     A mail server's 5.1.x refusal marks a physician's address undeliverable,
@@ -351,7 +354,7 @@ def physician_deliverable(env: Env, email: str):
 
 
 @cli.group()
-def client():
+def client() -> None:
     """A client's consent to share health information with their physician."""
 
 
@@ -361,7 +364,7 @@ def client():
 @click.option("--expires", metavar="DATE", help="Day the consent ends, if it does.")
 @now_option
 @pass_env
-def client_consent(env: Env, client_ref: str, on: str | None, expires: str | None, now: str | None):
+def client_consent(env: Env, client_ref: str, on: str | None, expires: str | None, now: str | None) -> None:
     """Record consent to share health information; held updates then go out."""
     moment = env.now(now)
     day = env.day(moment, on, "--on")
@@ -374,7 +377,7 @@ def client_consent(env: Env, client_ref: str, on: str | None, expires: str | Non
 @click.argument("client_ref")
 @now_option
 @pass_env
-def client_revoke_consent(env: Env, client_ref: str, now: str | None):
+def client_revoke_consent(env: Env, client_ref: str, now: str | None) -> None:
     """Record that consent was withdrawn: nothing more about them is sent."""
     moment = env.now(now)
     day = env.day(moment)
@@ -383,7 +386,7 @@ def client_revoke_consent(env: Env, client_ref: str, now: str | None):
 
 
 @cli.group()
-def measure():
+def measure() -> None:
     """Record outcome measures (LEFS, ODI, NDI, QuickDASH, NPRS, PSFS, TUG, …)."""
 
 
@@ -394,7 +397,9 @@ def measure():
 @click.option("--at", "at", metavar="DATE", help="Day measured (YYYY-MM-DD, default: today).")
 @now_option
 @pass_env
-def measure_add(env: Env, client_ref: str, instrument: str, score: str, at: str | None, now: str | None):
+def measure_add(
+    env: Env, client_ref: str, instrument: str, score: str, at: str | None, now: str | None
+) -> None:
     """Record SCORE on INSTRUMENT for CLIENT_REF."""
     moment = env.now(now)
     day = env.day(moment, at, "--at")
@@ -406,7 +411,7 @@ def measure_add(env: Env, client_ref: str, instrument: str, score: str, at: str 
 @click.option("--dry-run", is_flag=True, help="List what is due; queue nothing.")
 @now_option
 @pass_env
-def plan(env: Env, dry_run: bool, now: str | None):
+def plan(env: Env, dry_run: bool, now: str | None) -> None:
     """Evaluate every rule and queue the emails that are due."""
     moment = env.now(now)
     if dry_run:
@@ -436,7 +441,7 @@ def plan(env: Env, dry_run: bool, now: str | None):
 @click.option("--limit", type=click.IntRange(min=1), help="Send at most N messages.")
 @now_option
 @pass_env
-def send(env: Env, limit: int | None, now: str | None):
+def send(env: Env, limit: int | None, now: str | None) -> None:
     """Deliver the queued messages that are due, once."""
     from outreach.daemon import make_clock
 
@@ -446,7 +451,7 @@ def send(env: Env, limit: int | None, now: str | None):
         sys.exit(1)
 
 
-def _print_send(report) -> None:
+def _print_send(report: SendReport) -> None:
     click.echo(f"sent {len(report.sent)}, deferred {len(report.deferred)}, failed {len(report.failed)}")
     if report.aborted:
         click.echo(f"error: sending stopped, messages left queued: {report.aborted}", err=True)
@@ -463,7 +468,7 @@ def _service(env: Env) -> Service:
 @click.option("--once", is_flag=True, help="One plan and one send, then exit.")
 @now_option
 @pass_env
-def run(env: Env, once: bool, now: str | None):
+def run(env: Env, once: bool, now: str | None) -> None:
     """Run the service: plan and send on a schedule until SIGTERM or Ctrl-C."""
     from outreach.daemon import Control, make_clock, run_forever
 
@@ -486,7 +491,7 @@ def run(env: Env, once: bool, now: str | None):
 @cli.command("status")
 @now_option
 @pass_env
-def status_(env: Env, now: str | None):
+def status_(env: Env, now: str | None) -> None:
     """Is the service alive and delivering? Exits 1 if not (for monitors)."""
     from outreach.status import format_health, health
 
@@ -505,7 +510,7 @@ def status_(env: Env, now: str | None):
 @click.option("--all-failed", is_flag=True, help="Retry every failed message.")
 @now_option
 @pass_env
-def retry(env: Env, message_ids: tuple[int, ...], all_failed: bool, now: str | None):
+def retry(env: Env, message_ids: tuple[int, ...], all_failed: bool, now: str | None) -> None:
     """Send failed messages again (same content, same Message-ID).
 
     A message whose template failed when it was queued is rendered again
@@ -523,7 +528,7 @@ def retry(env: Env, message_ids: tuple[int, ...], all_failed: bool, now: str | N
 @click.argument("message_ids", metavar="ID...", nargs=-1, type=int, required=True)
 @now_option
 @pass_env
-def cancel(env: Env, message_ids: tuple[int, ...], now: str | None):
+def cancel(env: Env, message_ids: tuple[int, ...], now: str | None) -> None:
     """Never send these pending or suppressed messages; all of them, or none.
 
     A cancelled digest takes the updates it carries with it. An update
@@ -547,7 +552,15 @@ def cancel(env: Env, message_ids: tuple[int, ...], now: str | None):
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table")
 @click.option("--limit", type=click.IntRange(min=0), default=100, show_default=True, help="0 for all.")
 @click.pass_context
-def log_(ctx, status, physician, client, since, fmt, limit):
+def log_(
+    ctx: click.Context,
+    status: str | None,
+    physician: str | None,
+    client: str | None,
+    since: str | None,
+    fmt: str,
+    limit: int,
+) -> None:
     """The sent-message log, newest first."""
     if ctx.invoked_subcommand is not None:
         return
@@ -565,7 +578,7 @@ def log_(ctx, status, physician, client, since, fmt, limit):
 @log_.command("show")
 @click.argument("message_id", type=int)
 @pass_env
-def log_show(env: Env, message_id: int):
+def log_show(env: Env, message_id: int) -> None:
     """One message whole: headers, text, and its attempt trail."""
     with store.read(env.ready_engine()) as conn:
         click.echo(show_message(conn, message_id, env.settings.tz))
@@ -576,7 +589,7 @@ def log_show(env: Env, message_id: int):
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
 @now_option
 @pass_env
-def loops(env: Env, physician: str | None, fmt: str, now: str | None):
+def loops(env: Env, physician: str | None, fmt: str, now: str | None) -> None:
     """Each referral's expected updates: done, due, overdue or blocked."""
     from outreach.loops import format_loops, open_loops
 
@@ -589,7 +602,7 @@ def loops(env: Env, physician: str | None, fmt: str, now: str | None):
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
 @now_option
 @pass_env
-def physicians(env: Env, fmt: str, now: str | None):
+def physicians(env: Env, fmt: str, now: str | None) -> None:
     """Referrals, conversion, time to first report and contact, per physician."""
     from outreach.loops import format_physicians, physician_summary
 
@@ -606,7 +619,9 @@ def physicians(env: Env, fmt: str, now: str | None):
 )
 @now_option
 @pass_env
-def preview_(env: Env, rule_name: str, client_ref: str | None, html_file: Path | None, now: str | None):
+def preview_(
+    env: Env, rule_name: str, client_ref: str | None, html_file: Path | None, now: str | None
+) -> None:
     """Render what RULE would send now, without queuing it."""
     from outreach.planner import preview
     from outreach.rules import load_rules
@@ -659,7 +674,7 @@ def _write_private(path: Path, text: str, option: str) -> None:
 )  # fmt: skip
 @now_option
 @pass_env
-def demo(env: Env, folder: Path, now: str | None):
+def demo(env: Env, folder: Path, now: str | None) -> None:
     """Build a demo practice in a fresh SQLite file and run one cycle (file backend).
 
     Nothing is emailed: the demo always writes .eml files to DIR/outbox,

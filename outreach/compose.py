@@ -29,6 +29,7 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime
 from email.utils import format_datetime
+from typing import Any
 
 from outreach.settings import Settings, is_address  # the one address rule, also the SMTP backend's
 
@@ -54,7 +55,7 @@ def one_line(value: str) -> str:
     return re.sub(r"\s+", " ", _CONTROL.sub(" ", value)).strip()
 
 
-def build_email(row, settings: Settings, sent_at: datetime) -> Email:
+def build_email(row: Any, settings: Settings, sent_at: datetime) -> Email:
     """The email for a stored message row (``messages`` columns)."""
     boundary = f"=_{secrets.token_hex(12)}"  # "=_" never occurs in quoted-printable
     head = _headers(row, settings, sent_at, boundary)
@@ -68,7 +69,7 @@ def build_email(row, settings: Settings, sent_at: datetime) -> Email:
     return Email(message_id=row.message_id, data=b"".join(parts))
 
 
-def _headers(row, settings: Settings, sent_at: datetime, boundary: str) -> str:
+def _headers(row: Any, settings: Settings, sent_at: datetime, boundary: str) -> str:
     """The top-level header block, CRLF-separated, without the final line end."""
     # A name given with the address (OUTREACH_FROM="Name <address>") is the one the practice chose.
     sender = one_line(settings.from_name) or one_line(f"{settings.sender_name}, {settings.practice_name}")

@@ -8,6 +8,9 @@ its own copy, and the copies disagreed about expiry and revocation.
 from __future__ import annotations
 
 from datetime import date
+from typing import Any
+
+from sqlalchemy import ColumnElement
 
 from outreach.models import clients
 
@@ -27,12 +30,12 @@ def consent_problem(
     return None
 
 
-def row_consent_problem(row, today: date) -> str | None:
+def row_consent_problem(row: Any, today: date) -> str | None:
     """``consent_problem`` for a row with ``consent_date``, ``consent_expires``, ``consent_revoked_on``."""
     return consent_problem(row.consent_date, row.consent_expires, row.consent_revoked_on, today)
 
 
-def consent_in_effect(today: date):
+def consent_in_effect(today: date) -> ColumnElement[bool]:
     """SQL for ``consent_problem(...) is None``: on record, in effect, not expired, not revoked."""
     return (
         clients.c.consent_date.is_not(None)

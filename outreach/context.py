@@ -11,6 +11,7 @@ import re
 import statistics
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
+from typing import Any
 
 from sqlalchemy import Connection, Row, select
 
@@ -57,7 +58,7 @@ def display_name(name: str, credentials: str | None) -> str:
     return f"{name}, {credentials}" if credentials else name
 
 
-def physician_view(row) -> dict:
+def physician_view(row: Any) -> dict:
     credentials = row.credentials or ""
     tokens = {t.strip(" .").upper() for t in credentials.replace(",", " ").split()}
     last_name = row.name.split()[-1] if row.name.split() else row.name
@@ -79,7 +80,7 @@ def initials(first_name: str, last_name: str) -> str:
     return "".join(f"{ch.upper()}." for ch in letters if ch)
 
 
-def client_view(row) -> dict:
+def client_view(row: Any) -> dict:
     goals = [g.strip() for g in (row.goals or "").replace("\n", ";").split(";") if g.strip()]
     return {
         "id": row.id,
@@ -96,7 +97,7 @@ def client_view(row) -> dict:
     }
 
 
-def event_view(row, settings: Settings) -> dict:
+def event_view(row: Any, settings: Settings) -> dict:
     local = row.occurred_at.astimezone(settings.tz)
     return {
         "id": row.id,
@@ -303,7 +304,7 @@ def client_context(
 REASSESS_EVERY = timedelta(days=30)
 
 
-def plan_view(client, assessments: dict) -> dict:
+def plan_view(client: Any, assessments: dict) -> dict:
     """The plan of care as recorded, and when the next reassessment is due."""
     last = assessments.get("reassessment") or assessments.get("initial_assessment")
     due = client.next_reassessment or (last + REASSESS_EVERY if last else None)

@@ -144,7 +144,9 @@ class Service:
         return config_fingerprint(self.settings) != self.fingerprint
 
 
-def guarded(name: str, job: Callable[[], object], on_error: Callable[[str], None] | None = None):
+def guarded(
+    name: str, job: Callable[[], object], on_error: Callable[[str], None] | None = None
+) -> Callable[[], None]:
     """Run a job; log what it raises instead of letting it kill the loop."""
 
     def run() -> None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import csv
 import os
-from datetime import UTC, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -211,7 +211,7 @@ def demo_rows(now: datetime, settings: Settings) -> dict[str, list[dict]]:
     return {"physicians": physicians, "clients": clients, "events": events, "measures": measures}
 
 
-def _in_days(today, days: int | None) -> str:
+def _in_days(today: date, days: int | None) -> str:
     return "" if days is None else (today + timedelta(days=days)).isoformat()
 
 

@@ -17,9 +17,10 @@ import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from itertools import groupby
+from typing import Any
 
 from markupsafe import Markup
-from sqlalchemy import Connection, Engine, func, or_, select, update
+from sqlalchemy import ColumnElement, Connection, Engine, func, or_, select, update
 
 from outreach import store
 from outreach.context import (
@@ -57,7 +58,7 @@ class BatchReport:
     held: int = 0
 
 
-def due_now(now: datetime):
+def due_now(now: datetime) -> ColumnElement[bool]:
     """Pending, non-urgent, not yet combined, ready to leave now."""
     return (
         (messages.c.status == PENDING)
@@ -89,7 +90,14 @@ def batch(
 
 
 def _batch_physician(
-    engine, settings, renderer, rules, physician_id: int, group: list, now: datetime, report
+    engine: Engine,
+    settings: Settings,
+    renderer: Renderer,
+    rules: list[Rule],
+    physician_id: int,
+    group: list,
+    now: datetime,
+    report: BatchReport,
 ) -> None:
     with store.read(engine) as conn:
         doctor = conn.execute(select(physicians).where(physicians.c.id == physician_id)).one()
@@ -130,7 +138,9 @@ def recent_sends(conn: Connection, physician_id: int, now: datetime) -> list[dat
     )
 
 
-def _cap_frees_at(recent: list[datetime], cap: int, now: datetime, settings: Settings, doctor) -> datetime:
+def _cap_frees_at(
+    recent: list[datetime], cap: int, now: datetime, settings: Settings, doctor: Any
+) -> datetime:
     """The first moment, inside the send window, when one more email fits the cap."""
     oldest_that_must_expire = recent[len(recent) - cap] if len(recent) >= cap else now
     frees = max(aware(oldest_that_must_expire) + CAP_PERIOD, now)
@@ -138,7 +148,9 @@ def _cap_frees_at(recent: list[datetime], cap: int, now: datetime, settings: Set
     return parse_window(doctor.send_window or settings.send_window).next_opening(frees, tz)
 
 
-def _hold(engine: Engine, ids: list[int], until: datetime, cap: int, now: datetime, doctor, settings) -> int:
+def _hold(
+    engine: Engine, ids: list[int], until: datetime, cap: int, now: datetime, doctor: Any, settings: Settings
+) -> int:
     tz = physician_zone(doctor.timezone, settings.tz)
     detail = (
         f"weekly cap of {cap} email(s) to this physician reached: "
@@ -160,7 +172,15 @@ def _hold(engine: Engine, ids: list[int], until: datetime, cap: int, now: dateti
     return len(held)
 
 
-def _make_digest(engine, settings, renderer, rules, doctor, ids: list[int], now: datetime) -> int | None:
+def _make_digest(
+    engine: Engine,
+    settings: Settings,
+    renderer: Renderer,
+    rules: list[Rule],
+    doctor: Any,
+    ids: list[int],
+    now: datetime,
+) -> int | None:
     """One email carrying several client updates; the updates stay in the log, linked to it."""
     try:
         sections = _sections(engine, settings, renderer, rules, ids, now)
@@ -245,7 +265,9 @@ def regroup(
     return digest_id
 
 
-def _sections(engine, settings, renderer, rules, ids: list[int], now: datetime) -> list[dict]:
+def _sections(
+    engine: Engine, settings: Settings, renderer: Renderer, rules: list[Rule], ids: list[int], now: datetime
+) -> list[dict]:
     """Each update rendered as a section, from the same records as when it was queued."""
     by_name = {rule.name: rule for rule in rules}
     with store.read(engine) as conn:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 from datetime import date, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, literal, select, update
+from sqlalchemy import Connection, Select, literal, select, update
 
 from outreach import store
 from outreach.consent import consent_problem
@@ -70,7 +70,7 @@ class Verdicts:
 _DOCTOR_NOW = physicians.alias("doctor_now")  # the client's physician today
 
 
-def _state_query():
+def _state_query() -> Select[*tuple[Any, ...]]:
     """Each message with the state of the world it depends on, as it is now."""
     return select(
         messages.c.id,
@@ -96,7 +96,7 @@ def _state_query():
     )
 
 
-def judge(row, today: date) -> Refusal | None:
+def judge(row: Any, today: date) -> Refusal | None:
     """The one check, in order of what matters most; None when the message may go."""
     if row.client_id is not None and row.physician_now != row.physician_id:
         return Refusal(

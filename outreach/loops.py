@@ -16,8 +16,9 @@ import json
 import statistics
 from dataclasses import asdict, dataclass
 from datetime import date, datetime, time, timedelta
+from typing import Any
 
-from sqlalchemy import Connection, func, select
+from sqlalchemy import ColumnElement, Connection, func, select
 
 from outreach import store
 from outreach.consent import row_consent_problem
@@ -112,7 +113,7 @@ def open_loops(
     return sorted(found, key=lambda lp: (STATE_ORDER[lp.state], lp.due_at or now, lp.client_ref))
 
 
-def _recently_discharged(now: datetime):
+def _recently_discharged(now: datetime) -> ColumnElement[bool]:
     discharged_at = (
         select(func.max(events.c.occurred_at))
         .where(events.c.client_id == clients.c.id, events.c.kind == "discharged")
@@ -155,7 +156,7 @@ def _end_of(day: date, settings: Settings) -> datetime:
     return datetime.combine(day, time(23, 59, 59), settings.tz)
 
 
-def _judge(person, rule: Rule, sent: list, due: datetime, now: datetime, settings: Settings) -> Loop:
+def _judge(person: Any, rule: Rule, sent: list, due: datetime, now: datetime, settings: Settings) -> Loop:
     """The state of one expected email from the messages queued for it."""
     assert rule.loop is not None
     loop = Loop(person.ref, person.physician_email, rule.loop, "due", due, None, "")
@@ -192,7 +193,7 @@ def _judge(person, rule: Rule, sent: list, due: datetime, now: datetime, setting
 
 
 def _progress(
-    person, rule: Rule, sent: list, anchors: dict, now: datetime, settings: Settings
+    person: Any, rule: Rule, sent: list, anchors: dict, now: datetime, settings: Settings
 ) -> Loop | None:
     """A recurring report: due ``rule.every`` after the last one sent (or after its anchor)."""
     assert rule.loop is not None and rule.every is not None
@@ -297,7 +298,7 @@ def physician_summary(conn: Connection, settings: Settings, now: datetime) -> li
     return summary
 
 
-def _as_date(value, settings: Settings) -> date:
+def _as_date(value: datetime, settings: Settings) -> date:
     return aware(value).astimezone(settings.tz).date()
 
 

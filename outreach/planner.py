@@ -20,6 +20,8 @@ from sqlalchemy import (
     ColumnElement,
     Connection,
     Engine,
+    Exists,
+    Select,
     String,
     cast,
     exists,
@@ -134,7 +136,7 @@ def find_due(conn: Connection, rules: Iterable[Rule], settings: Settings, now: d
     return drafts
 
 
-def _recipient_columns():
+def _recipient_columns() -> tuple[ColumnElement[Any], ...]:
     return (
         physicians.c.id.label("physician_id"),
         physicians.c.email,
@@ -156,7 +158,7 @@ def _recipient(row: Any) -> Recipient:
     )
 
 
-def _consent(rule: Rule, row, today: date) -> dict:
+def _consent(rule: Rule, row: Any, today: date) -> dict:
     """The Draft fields that hold back mail about a client without consent, when the rule needs it."""
     problem = row_consent_problem(row, today) if rule.consent_required else None
     return {"suppress_reason": problem, "suppress_code": CONSENT if problem else None}
@@ -275,7 +277,7 @@ def _due_recurring_client(conn: Connection, rule: Rule, settings: Settings, now:
     ]
 
 
-def _recently_reported(rule: Rule, now: datetime):
+def _recently_reported(rule: Rule, now: datetime) -> Exists:
     """The client already had an email from this template within one interval."""
     assert rule.every is not None
     return exists().where(
@@ -286,7 +288,7 @@ def _recently_reported(rule: Rule, now: datetime):
     )
 
 
-def _as_datetime(value, settings: Settings) -> datetime | None:
+def _as_datetime(value: date | datetime | None, settings: Settings) -> datetime | None:
     """An anchor as an aware datetime (dates start at midnight in the practice's zone)."""
     if value is None:
         return None
@@ -585,7 +587,7 @@ def replan_moved(
 
 def preview(
     engine: Engine, settings: Settings, rule: Rule, renderer: Renderer, client_ref: str | None, now: datetime
-):
+) -> Rendered:
     """Render what ``rule`` would send now for a client (or physician), queuing nothing."""
     from outreach.errors import NotFound
 
@@ -663,7 +665,7 @@ def reconsider_consent(
     return suppressed, revived
 
 
-def _consent_query():
+def _consent_query() -> Select[*tuple[Any, ...]]:
     return select(
         messages.c.id,
         messages.c.status,
@@ -694,7 +696,9 @@ def _suppress_for_consent(engine: Engine, message_id: int, now: datetime, detail
     return done
 
 
-def _revive(engine: Engine, settings: Settings, renderer: Renderer, rule: Rule, row, now: datetime) -> int:
+def _revive(
+    engine: Engine, settings: Settings, renderer: Renderer, rule: Rule, row: Any, now: datetime
+) -> int:
     """Render a consent-suppressed message afresh and queue it."""
     try:
         with store.read(engine) as conn:

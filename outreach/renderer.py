@@ -16,6 +16,7 @@ import threading
 from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
+from typing import Any
 
 import jinja2
 from lxml import etree
@@ -228,7 +229,7 @@ def _learn(stripped: str, reference: str) -> tuple[int, tuple | None]:
 _START_TAG = re.compile(r"(<[A-Za-z][^>]*>)")  # an element's start tag, as lxml writes it
 
 
-def _serialise(tree, stripped: str, elements: list, removed: list[int]) -> str:
+def _serialise(tree: Any, stripped: str, elements: list, removed: list[int]) -> str:
     for index in removed:
         element = elements[index]
         element.getparent().remove(element)
@@ -236,7 +237,7 @@ def _serialise(tree, stripped: str, elements: list, removed: list[int]) -> str:
     return etree.tostring(root, method="html", pretty_print=True, encoding="unicode")
 
 
-def _replay(tree, stripped: str, elements: list, plan: tuple) -> str | None:
+def _replay(tree: Any, stripped: str, elements: list, plan: tuple) -> str | None:
     """premailer's output for this document, or None if it does not fit the plan after all."""
     removed, length, swaps = plan
     parts = _START_TAG.split(_serialise(tree, stripped, elements, removed))

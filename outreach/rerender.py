@@ -21,9 +21,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, exists, select, update
+from sqlalchemy import ColumnElement, Connection, exists, select, update
 
 from outreach.context import MIN_COHORT, Period, client_context, physician_context
 from outreach.errors import OutreachError, RenderError
@@ -50,7 +50,7 @@ FIX_HINT = "fix the template and run outreach retry --all-failed"
 PERIOD_KEYS = {"month": re.compile(r"(\d{4})-(\d{2})"), "quarter": re.compile(r"(\d{4})Q([1-4])")}
 
 
-def never_rendered():
+def never_rendered() -> ColumnElement[bool]:
     """SQL: a failed message with no body to send (its template failed when it was queued)."""
     has_body = exists().where(message_bodies.c.message_id == messages.c.id, message_bodies.c.html != "")
     return (messages.c.status == FAILED) & ~has_body
@@ -114,7 +114,7 @@ class Rerenderer:
             raise RenderError("\n".join([*problems, "nothing was queued again"]))
         return redone
 
-    def _one(self, conn: Connection, row, now: datetime) -> Redone:
+    def _one(self, conn: Connection, row: Any, now: datetime) -> Redone:
         from outreach.planner import hold_for_window
 
         rule = self.rules.get(row.rule)

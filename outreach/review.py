@@ -9,9 +9,10 @@ from __future__ import annotations
 import csv
 import io
 import json
-from datetime import date, datetime, time
+from datetime import date, datetime, time, tzinfo
+from typing import Any
 
-from sqlalchemy import Connection, case, select
+from sqlalchemy import Case, Connection, Select, case, select
 
 from outreach import tables
 from outreach.errors import NotFound
@@ -43,7 +44,7 @@ LOG_FIELDS = (
 _DIGEST = messages.alias("digest")
 
 
-def _sent_message_id():
+def _sent_message_id() -> Case[Any]:
     """The Message-ID that actually went out for this entry, or NULL while nothing has."""
     return case(
         (messages.c.digest_id.is_not(None) & (_DIGEST.c.status == SENT), _DIGEST.c.message_id),
@@ -52,7 +53,7 @@ def _sent_message_id():
     )
 
 
-def _log_query():
+def _log_query() -> Select[*tuple[Any, ...]]:
     return select(
         messages.c.id,
         messages.c.created_at,
@@ -109,7 +110,7 @@ def list_messages(
     return [dict(row._mapping) for row in conn.execute(query)]
 
 
-def since_start(day: date, tz) -> datetime:
+def since_start(day: date, tz: tzinfo) -> datetime:
     return datetime.combine(day, time.min, tz)
 
 
@@ -139,7 +140,7 @@ def format_csv(rows: list[dict]) -> str:
     return out.getvalue().rstrip("\n")
 
 
-def format_table(rows: list[dict], tz) -> str:
+def format_table(rows: list[dict], tz: tzinfo) -> str:
     if not rows:
         return "(no messages)"
     headers = ("ID", "QUEUED", "STATUS", "RULE", "TO", "SUBJECT", "TRIES", "NOTE")
@@ -170,7 +171,7 @@ def _clip(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-def _message_id_line(conn: Connection, row) -> str:
+def _message_id_line(conn: Connection, row: Any) -> str:
     """The Message-ID the physician received: a digest's, for an update that travelled in one."""
     if row.digest_id is None:
         return row.message_id
@@ -182,7 +183,7 @@ def _message_id_line(conn: Connection, row) -> str:
     return f"none yet (to be sent inside digest {row.digest_id})"
 
 
-def show_message(conn: Connection, message_id: int, tz) -> str:
+def show_message(conn: Connection, message_id: int, tz: tzinfo) -> str:
     """One message whole: headers, the text part, and its attempt trail."""
     from outreach.outbox import with_body  # only here: ``outreach log`` itself starts faster
 

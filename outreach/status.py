@@ -14,7 +14,7 @@ is listed as such and no longer counts as running.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, tzinfo
 
 from sqlalchemy import Connection, Engine, func, select, update
 
@@ -28,7 +28,7 @@ SHOW_STALE_FOR = timedelta(days=1)  # a worker killed longer ago than this is hi
 RENDER_FAILURES_FOR = timedelta(days=7)  # an older message that could not be rendered no longer pages
 
 
-def _upsert(engine: Engine, name: str, now: datetime, **values) -> None:
+def _upsert(engine: Engine, name: str, now: datetime, **values: object) -> None:
     """Update this worker's row, or create it (a first heartbeat is also a start)."""
     with store.write(engine) as conn:
         done = conn.execute(update(workers).where(workers.c.name == name).values(**values)).rowcount
@@ -169,7 +169,7 @@ def _ago(delta: timedelta) -> str:
     return f"{minutes // 60} h" if minutes < 2880 else f"{minutes // 1440} days"
 
 
-def format_health(h: Health, tz) -> str:
+def format_health(h: Health, tz: tzinfo) -> str:
     def when(value: datetime | None) -> str:
         return value.astimezone(tz).strftime("%Y-%m-%d %H:%M:%S %Z") if value else "never"
 

@@ -14,10 +14,10 @@ import stat
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import (
     DataError,
     DBAPIError,
@@ -59,7 +59,7 @@ def connect(url: str, busy: float = SQLITE_BUSY_SECONDS) -> Engine:
         raise SettingsError(_missing_driver(parsed, exc)) from None
 
 
-def _missing_driver(url, exc: Exception) -> str:
+def _missing_driver(url: URL, exc: Exception) -> str:
     name = getattr(exc, "name", None) or url.get_driver_name()
     if url.get_backend_name() == "postgresql":
         fix = "use postgresql+psycopg:// (installed with outreach[postgres])"
@@ -68,13 +68,13 @@ def _missing_driver(url, exc: Exception) -> str:
     return f"{URL_KEY}: the {name} driver is not installed; {fix}"
 
 
-def _sqlite_engine(url, busy: float) -> Engine:
+def _sqlite_engine(url: URL, busy: float) -> Engine:
     if url.database and url.database != ":memory:":
         _create_private_file(Path(url.database))
     engine = create_engine(url, connect_args={"timeout": busy})
 
     @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_connection, _record):
+    def _on_connect(dbapi_connection: Any, _record: object) -> None:
         # Let SQLAlchemy's "begin" event below issue BEGIN itself.
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
@@ -84,7 +84,7 @@ def _sqlite_engine(url, busy: float) -> Engine:
         cursor.close()
 
     @event.listens_for(engine, "begin")
-    def _on_begin(conn: Connection):
+    def _on_begin(conn: Connection) -> None:
         options = conn.get_execution_options()
         if options.get("readonly"):
             conn.exec_driver_sql("BEGIN")
