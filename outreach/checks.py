@@ -27,8 +27,12 @@ from outreach.rules import TEMPLATE_PARTS, Rule, check_rules
 from outreach.settings import Settings
 
 
-def check_all(settings: Settings) -> list[str]:
-    """Every problem found, as ``file: rule/key: message`` lines."""
+def check_all(settings: Settings) -> tuple[list[str], list[str]]:
+    """Every problem found, as ``file: rule/key: message`` lines; and the warnings.
+
+    A problem fails the check; a warning is what is allowed but probably not
+    meant, said without failing it.
+    """
     problems = []
     refusal = insecure_refusal(settings)
     if refusal:
@@ -42,13 +46,12 @@ def check_all(settings: Settings) -> list[str]:
     problems += template_problems
     if rules and not template_problems:
         problems += check_rendering(settings, rules, renderer)
-    return problems
+    return problems, loop_warnings(settings, rules) if not rule_problems else []
 
 
-def check_warnings(settings: Settings) -> list[str]:
-    """What is allowed but probably not meant: said, without failing the check."""
-    rules, problems = check_rules(settings.campaigns_dir, settings.templates_dir)
-    if rules and not problems and not any(rule.loop for rule in rules):
+def loop_warnings(settings: Settings, rules: list[Rule]) -> list[str]:
+    """Rule files from before loops were declared in them: ``outreach loops`` would list nothing."""
+    if rules and not any(rule.loop for rule in rules):
         return [
             f"{settings.campaigns_dir}: no rule says `loop = ...`, so `outreach loops` lists nothing "
             "(rule files copied before loops were declared in them: see the README's Rules section)"

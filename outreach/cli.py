@@ -249,10 +249,10 @@ def _give_starter_folder(key: str, target: Path, what: str) -> str:
 @pass_env
 def check(env: Env) -> None:
     """Validate settings, every rule file and every template."""
-    from outreach.checks import check_all, check_warnings
+    from outreach.checks import check_all
 
-    problems = check_all(env.settings)
-    for warning in check_warnings(env.settings):
+    problems, warnings = check_all(env.settings)
+    for warning in warnings:
         click.echo(f"warning: {warning}", err=True)
     for problem in problems:
         click.echo(problem, err=True)

@@ -307,7 +307,7 @@ class Dispatcher:
             gate.refuse(conn, singles, now, self.worker)
             groups = [gate.take_apart(conn, i, verdicts, now, self.worker) for i in sorted(digests)]
         for refusal in singles:
-            log.warning("message %s %s at the gate: %s", refusal.message_id, refusal.status, refusal.reason)
+            log.warning("message %s %s at the gate: %s", refusal.message_id, refusal.status, refusal.detail)
         for remaining in groups:
             if remaining and self.regroup is not None:
                 self.regroup(remaining, now)

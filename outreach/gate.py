@@ -51,9 +51,9 @@ class Refusal:
 
     message_id: int
     status: str  # SUPPRESSED (may go later, e.g. once consent is back) or CANCELLED
-    reason: str  # the sentence a person reads (``last_error``)
+    detail: str  # the sentence a person reads (``messages.last_error`` and the trail)
+    reason: str  # one of ``models.REASONS`` (``messages.reason``)
     replan: bool = False  # its dedupe key is freed so the planner queues it for the right recipient
-    reason_code: str | None = None  # one of ``models.REASONS`` (``messages.reason``)
 
 
 @dataclass(frozen=True)
@@ -104,27 +104,27 @@ def judge(row: Any, today: date) -> Refusal | None:
             CANCELLED,
             f"the client is now referred to {row.physician_now_email}: not sent to the former "
             "physician; what is still due goes to the new one",
+            MOVED,
             replan=True,
-            reason_code=MOVED,
         )
     if row.physician_email is not None and row.recipient.lower() != row.physician_email.lower():
         return Refusal(
             row.id,
             CANCELLED,
             f"the physician's address is now {row.physician_email}: not sent to {row.recipient}",
+            ADDRESS_CHANGED,
             replan=True,
-            reason_code=ADDRESS_CHANGED,
         )
     if row.needs_consent and row.client_id is not None:
         problem = consent_problem(row.consent_date, row.consent_expires, row.consent_revoked_on, today)
         if problem:
-            return Refusal(row.id, SUPPRESSED, f"{problem}: not sent", reason_code=CONSENT)
+            return Refusal(row.id, SUPPRESSED, f"{problem}: not sent", CONSENT)
     if row.kind == "relationship" and row.opted_out_on is not None:
         return Refusal(
             row.id,
             SUPPRESSED,
             f"physician opted out of non-clinical mail on {row.opted_out_on}: not sent",
-            reason_code=OPTED_OUT,
+            OPTED_OUT,
         )
     if row.undeliverable_on is not None:
         why = f" ({row.undeliverable_reason})" if row.undeliverable_reason else ""
@@ -132,7 +132,7 @@ def judge(row: Any, today: date) -> Refusal | None:
             row.id,
             SUPPRESSED,
             f"address {row.recipient} marked undeliverable on {row.undeliverable_on}{why}: not sent",
-            reason_code=UNDELIVERABLE,
+            UNDELIVERABLE,
         )
     return None
 
@@ -171,8 +171,8 @@ def refuse(conn: Connection, refusals: list[Refusal], now: datetime, worker: str
         )
         values: dict[str, Any] = {
             "status": refusal.status,
-            "last_error": refusal.reason,
-            "reason": refusal.reason_code,
+            "last_error": refusal.detail,
+            "reason": refusal.reason,
             "lease_until": None,
             "updated_at": now,
         }
@@ -183,7 +183,7 @@ def refuse(conn: Connection, refusals: list[Refusal], now: datetime, worker: str
         ).rowcount
         if changed:
             done.append(refusal)
-    trail_many(conn, now, [(r.message_id, r.status, r.reason) for r in done])
+    trail_many(conn, now, [(r.message_id, r.status, r.detail) for r in done])
     return [r.message_id for r in done]
 
 
@@ -200,14 +200,14 @@ def take_apart(
     failing = verdicts.members.get(digest_id, {})
     members = select(messages.c.id).where(messages.c.digest_id == digest_id, messages.c.status == PENDING)
     remaining = [i for i in conn.execute(members).scalars() if i not in failing]
-    why = "; ".join(f"message {i}: {r.reason}" for i, r in sorted(failing.items()))
+    why = "; ".join(f"message {i}: {r.detail}" for i, r in sorted(failing.items()))
     if digest_id in verdicts.refused:
-        why = verdicts.refused[digest_id].reason + (f"; {why}" if why else "")
-    reason = f"rebuilt without the updates that may not go ({why})" if remaining else f"not sent: {why}"
-    if not refuse(conn, [Refusal(digest_id, CANCELLED, reason, reason_code=DIGEST_REBUILT)], now, worker):
+        why = verdicts.refused[digest_id].detail + (f"; {why}" if why else "")
+    detail = f"rebuilt without the updates that may not go ({why})" if remaining else f"not sent: {why}"
+    if not refuse(conn, [Refusal(digest_id, CANCELLED, detail, DIGEST_REBUILT)], now, worker):
         return []  # not ours to take apart (being sent by another worker, or gone already)
     note = f" (taken out of digest message {digest_id})"
-    refuse(conn, [replace(r, reason=r.reason + note) for r in failing.values()], now)
+    refuse(conn, [replace(r, detail=r.detail + note) for r in failing.values()], now)
     conn.execute(update(messages).where(messages.c.id.in_(list(failing))).values(digest_id=None))
     if remaining:
         hold = now + timedelta(seconds=REGROUP_HOLD_SECONDS)
@@ -218,5 +218,5 @@ def take_apart(
         )
         detail = f"digest message {digest_id} was cancelled ({why}); to be combined again without it"
         trail_many(conn, now, [(i, "deferred", detail) for i in remaining])
-    log.warning("digest message %s cancelled at the gate: %s", digest_id, reason)
+    log.warning("digest message %s cancelled at the gate: %s", digest_id, detail)
     return remaining

@@ -552,7 +552,7 @@ def _take_out(conn: Connection, ids: list[int], rows: dict[int, Any], now: datet
         by_digest.setdefault(rows[i].digest_id, []).append(i)
     regrouped: list[int] = []
     for digest_id, mine in sorted(by_digest.items()):
-        refusals = {i: gate.Refusal(i, CANCELLED, BY_A_PERSON) for i in mine}
+        refusals = {i: gate.Refusal(i, CANCELLED, BY_A_PERSON, BY_PERSON) for i in mine}
         verdicts = gate.Verdicts(refused={}, members={digest_id: refusals})
         remaining = gate.take_apart(conn, digest_id, verdicts, now)
         status = conn.execute(select(messages.c.status).where(messages.c.id == digest_id)).scalar()

@@ -8,15 +8,18 @@ real SMTP server and reads what arrived and what the log says.
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 
 import pytest
 from sqlalchemy import select
 
 from outreach import store
 from outreach.backends import get_backend
-from outreach.dispatcher import Dispatcher
-from outreach.models import physicians
-from tests.conftest import checked_cli, smtp_settings
+from outreach.backends.base import Backend
+from outreach.dispatcher import GATE_FRESH_SECONDS, Dispatcher
+from outreach.models import clients, physicians
+from tests.conftest import NOW, checked_cli, smtp_settings
+from tests.factories import message, queue_message
 
 OSEI = "r.osei@ortho.example.org"
 PARK = "l.park@fm.example.org"
@@ -229,3 +232,41 @@ def test_clearing_the_undeliverable_mark_lets_new_mail_go(clinic, engine):
     assess(cli, "K-2", later)
     cli("run", "--once", "--now", later)
     assert [r.rcpt_tos for r in server.received] == [[OSEI]]
+
+
+def test_a_batch_going_for_more_than_a_second_is_judged_again_before_each_message(demo_engine, settings):
+    """Consent withdrawn while a batch is on the wire: the messages after it in the batch stay home."""
+    with store.read(demo_engine) as conn:
+        consenting = conn.execute(
+            select(clients.c.id, clients.c.ref, physicians.c.id.label("doctor"), physicians.c.email)
+            .join(physicians, physicians.c.id == clients.c.physician_id)
+            .where(clients.c.consent_date.is_not(None), clients.c.consent_revoked_on.is_(None))
+            .order_by(clients.c.id)
+            .limit(3)
+        ).all()
+    ids = [
+        queue_message(demo_engine, client_id=c.id, physician_id=c.doctor, recipient=c.email)
+        for c in consenting
+    ]
+    moment, sent = [NOW], []
+
+    class Slow(Backend):
+        """Each email takes longer than the gate's verdict stays fresh; the first one's client withdraws."""
+
+        def _data(self, msg):
+            sent.append(msg.message_id)
+            if len(sent) == 1:
+                with store.write(demo_engine) as conn:
+                    conn.execute(
+                        clients.update()
+                        .where(clients.c.id.in_([c.id for c in consenting[1:]]))
+                        .values(consent_revoked_on=NOW.date())
+                    )
+            moment[0] += timedelta(seconds=GATE_FRESH_SECONDS * 2)
+            return "250 ok"
+
+    report = Dispatcher(demo_engine, settings, Slow(), lambda: moment[0]).send_due()
+    assert report.sent == [ids[0]]
+    for later in ids[1:]:
+        row = message(demo_engine, later)
+        assert (row.status, row.reason) == ("suppressed", "consent") and "consent revoked" in row.last_error

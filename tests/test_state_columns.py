@@ -328,7 +328,7 @@ def test_the_gate_records_why_it_refused(demo_engine, settings, change, status, 
         assert gate.refuse(conn, list(verdicts.refused.values()), NOW) == [row.id]
     [refused] = entries(demo_engine, messages.c.id == row.id)
     assert (refused.status, refused.reason) == (status, reason)
-    assert refused.last_error == verdicts.refused[row.id].reason
+    assert refused.last_error == verdicts.refused[row.id].detail
 
 
 def test_the_gate_records_an_opt_out(demo_engine, settings):
