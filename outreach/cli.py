@@ -712,6 +712,166 @@ def demo(env: Env, folder: Path, now: str | None) -> None:
     engine.dispose()
 
 
+@cli.command()
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to listen on (this machine only by default).",
+)
+@click.option("--port", type=click.IntRange(1, 65535), default=8765, show_default=True)
+@pass_env
+def web(env: Env, host: str, port: int) -> None:
+    """Serve the console and the JSON API (log, loops, clients) until stopped."""
+    from outreach import accounts
+    from outreach.web import create_app, serve
+
+    engine = env.ready_engine()
+    with store.read(engine) as conn:
+        if not accounts.any_user(conn):
+            raise OutreachError(
+                "no one can log in yet: add a user first (outreach user add EMAIL --role admin)"
+            )
+    setup_logging(env.settings.log_level)
+    app = create_app(env.settings, engine)
+    click.echo(f"outreach console on http://{host}:{port}/ (Ctrl-C to stop)")
+    serve(app, host, port)
+
+
+def _new_password(email: str) -> str:
+    """From standard input when it is not a terminal (scripts), else asked for twice."""
+    if not sys.stdin.isatty():
+        return sys.stdin.readline().rstrip("\r\n")
+    return str(click.prompt(f"Password for {email}", hide_input=True, confirmation_prompt=True))
+
+
+@cli.group()
+def user() -> None:
+    """People who may log in to the console (outreach web)."""
+
+
+@user.command("add")
+@click.argument("email")
+@click.option(
+    "--role",
+    type=click.Choice(["admin", "staff", "viewer"]),
+    required=True,
+    help="viewer: read only; staff: also record and retry; admin: also users, tokens, audit.",
+)
+@pass_env
+def user_add(env: Env, email: str, role: str) -> None:
+    """Add a console user; the password is read from standard input or asked for."""
+    from outreach import accounts
+
+    engine = env.ready_engine()
+    accounts.add_user(engine, email, role, _new_password(email), utcnow())
+    click.echo(f"{email}: added as {role}")
+
+
+@user.command("list")
+@pass_env
+def user_list(env: Env) -> None:
+    """Every console user, their role and whether they are disabled."""
+    from outreach import accounts, tables
+
+    with store.read(env.ready_engine()) as conn:
+        rows = accounts.list_users(conn)
+    cells = [
+        [r["email"], r["role"], f"{r['created_at']:%Y-%m-%d}", "disabled" if r["disabled_at"] else ""]
+        for r in rows
+    ]
+    click.echo(tables.format_table(["email", "role", "added", "state"], cells) if rows else "no users yet")
+
+
+@user.command("disable")
+@click.argument("email")
+@pass_env
+def user_disable(env: Env, email: str) -> None:
+    """Stop EMAIL logging in; their open sessions end at once."""
+    from outreach import accounts
+
+    accounts.disable_user(env.ready_engine(), email, utcnow())
+    click.echo(f"{email}: disabled; their sessions have ended")
+
+
+@user.command("password")
+@click.argument("email")
+@pass_env
+def user_password(env: Env, email: str) -> None:
+    """Set a new password for EMAIL (their open sessions end)."""
+    from outreach import accounts
+
+    engine = env.ready_engine()
+    accounts.set_password(engine, email, _new_password(email), utcnow())
+    click.echo(f"{email}: password changed; their sessions have ended")
+
+
+@cli.group()
+def token() -> None:
+    """Bearer tokens for the JSON API (a scheduling system or EHR)."""
+
+
+@token.command("create")
+@click.argument("name")
+@click.option("--role", type=click.Choice(["staff", "viewer"]), default="staff", show_default=True)
+@pass_env
+def token_create(env: Env, name: str, role: str) -> None:
+    """Make a token and print it once (only its hash is kept)."""
+    from outreach import accounts
+
+    value = accounts.create_token(env.ready_engine(), name, role, utcnow())
+    click.echo(value)
+    click.echo(f"token {name!r} ({role}): shown once, store it now", err=True)
+
+
+@token.command("list")
+@pass_env
+def token_list(env: Env) -> None:
+    """Every token by name: role, when made, last used, revoked."""
+    from outreach import accounts, tables
+
+    with store.read(env.ready_engine()) as conn:
+        rows = accounts.list_tokens(conn)
+
+    def when(value: datetime | None) -> str:
+        return f"{value:%Y-%m-%d %H:%M}" if value else ""
+
+    cells = [
+        [r["name"], r["role"], when(r["created_at"]), when(r["last_used_at"]), when(r["revoked_at"])]
+        for r in rows
+    ]
+    headers = ["name", "role", "created", "last used", "revoked"]
+    click.echo(tables.format_table(headers, cells) if rows else "no tokens yet")
+
+
+@token.command("revoke")
+@click.argument("name")
+@pass_env
+def token_revoke(env: Env, name: str) -> None:
+    """Stop the token NAME working, at once."""
+    from outreach import accounts
+
+    accounts.revoke_token(env.ready_engine(), name, utcnow())
+    click.echo(f"token {name!r}: revoked")
+
+
+@cli.command("audit")
+@click.option("--user", "who", metavar="WHO", help="Only what this user (or token:NAME) did.")
+@click.option("--since", metavar="DATE", help="Only from this day on.")
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table")
+@click.option("--limit", type=click.IntRange(min=0), default=200, show_default=True, help="0 for all.")
+@pass_env
+def audit_(env: Env, who: str | None, since: str | None, fmt: str, limit: int) -> None:
+    """Who viewed or changed what, when and from where (newest first)."""
+    from outreach import auditlog
+
+    since_day = records.parse_date(since, "--since") if since else None
+    tz = env.settings.tz
+    with store.read(env.ready_engine()) as conn:
+        rows = auditlog.entries(conn, who, since_start(since_day, tz) if since_day else None, limit or None)
+    click.echo(auditlog.format_entries(rows, fmt, tz))
+
+
 def main() -> None:
     """Console entry point: ``./.env`` first (never overriding the environment), then the CLI.
 

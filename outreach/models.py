@@ -290,7 +290,59 @@ audit = Table(
     Column("action", String(40), nullable=False),
     Column("subject", String(300), nullable=False),
     Column("detail", Text, nullable=False, default=""),
+    Column("address", String(64), nullable=True),  # where a console or API request came from
     Index("ix_audit_at", "at"),
+    Index("ix_audit_actor_action_at", "actor", "action", "at"),  # failed logins, for the lockout
+)
+
+# --- the console's accounts (``outreach.accounts``) ---------------------------------
+
+USER_ROLES = ("viewer", "staff", "admin")  # each may do all that the ones before it may
+
+users = Table(
+    "users",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("email", String(254), nullable=False, unique=True),
+    Column("role", String(10), nullable=False),
+    Column("password_hash", String(200), nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("disabled_at", UTCDateTime, nullable=True),
+)
+
+# A login: the cookie carries a random key, the database only its SHA-256.
+web_sessions = Table(
+    "web_sessions",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("key_hash", String(64), nullable=False, unique=True),
+    Column("user_id", Integer, ForeignKey("users.id"), nullable=False),
+    Column("csrf", String(64), nullable=False),
+    Column("address", String(64), nullable=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("seen_at", UTCDateTime, nullable=False),
+    Column("ended_at", UTCDateTime, nullable=True),
+)
+
+api_tokens = Table(
+    "api_tokens",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("name", String(100), nullable=False, unique=True),
+    Column("token_hash", String(64), nullable=False, unique=True),
+    Column("role", String(10), nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("last_used_at", UTCDateTime, nullable=True),
+    Column("revoked_at", UTCDateTime, nullable=True),
+)
+
+# Keys made once and kept (the console's cookie-signing key): never a default in code.
+secrets_table = Table(
+    "secrets",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("value", String(200), nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
 )
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import getpass
 import math
 from collections.abc import Iterable, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, Literal
@@ -187,14 +188,27 @@ def audit(
 def write_audit(
     conn: Connection, at: datetime, actor: str | None, lines: Iterable[tuple[str, str, str]]
 ) -> None:
-    """Many lines at once, as (action, subject, detail)."""
+    """Many lines at once, as (action, subject, detail), from the address the request came from."""
     who = (actor or person())[:100]
+    where = REQUEST_ADDRESS.get()
     rows = [
-        {"at": at, "actor": who, "action": action, "subject": subject[:300], "detail": detail}
+        {
+            "at": at,
+            "actor": who,
+            "action": action,
+            "subject": subject[:300],
+            "detail": detail,
+            "address": where,
+        }
         for action, subject, detail in lines
     ]
     if rows:
         conn.execute(audit_table.insert(), rows)
+
+
+# The network address of the console or API request being served (None at the command
+# line): set by ``outreach.web`` for the request's thread, so every audit line carries it.
+REQUEST_ADDRESS: ContextVar[str | None] = ContextVar("outreach_request_address", default=None)
 
 
 # --- the row writers (a connection, checked values; the importer's too) -------------------

@@ -7,6 +7,7 @@ Every key, its default and its meaning is listed in ``.env.example``.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Mapping
@@ -151,6 +152,9 @@ class Settings:
     send_window: str = "Mon-Fri 08:00-17:00"
     weekly_cap: int = 3
     db_busy_seconds: float = 30.0  # how long a SQLite writer waits for another before "database is locked"
+    web_secure_cookies: bool = False  # true behind a TLS proxy: the session cookie goes over HTTPS only
+    web_idle_minutes: int = 15  # a console session ends after this long without a request
+    web_trusted_proxies: tuple[str, ...] = ()  # X-Forwarded-* is believed only from these addresses
 
     @property
     def tz(self) -> ZoneInfo:
@@ -200,6 +204,9 @@ class Settings:
             send_window=reader.window("SEND_WINDOW", cls.send_window),
             weekly_cap=reader.integer("WEEKLY_CAP", cls.weekly_cap, 1, 100),
             db_busy_seconds=reader.number("DB_BUSY_SECONDS", cls.db_busy_seconds, most=3600),
+            web_secure_cookies=reader.boolean("WEB_SECURE_COOKIES", False),
+            web_idle_minutes=reader.integer("WEB_IDLE_MINUTES", cls.web_idle_minutes, 1, 24 * 60),
+            web_trusted_proxies=reader.addresses("WEB_TRUSTED_PROXIES"),
         )
         return settings
 
@@ -279,6 +286,19 @@ class _Reader:
         if lowered in ("0", "false", "no", "off"):
             return False
         raise self.fail(key, f"{value!r} is not true or false")
+
+    def addresses(self, key: str) -> tuple[str, ...]:
+        """A comma-separated list of IP addresses (the proxies trusted to say who the client is)."""
+        value = self.raw(key)
+        if value is None:
+            return ()
+        found = []
+        for item in (part.strip() for part in value.split(",")):
+            try:
+                found.append(str(ipaddress.ip_address(item)))
+            except ValueError:
+                raise self.fail(key, f"{item!r} is not an IP address (e.g. 127.0.0.1)") from None
+        return tuple(found)
 
     def url(self, key: str, default: str) -> str:
         value = self.raw(key)

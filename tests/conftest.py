@@ -228,3 +228,23 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "slow: a reliability test with real processes (seconds to a minute); never skipped in CI"
     )
+
+
+@pytest.fixture
+def console(engine, settings: Settings):
+    """The console's app on a migrated database, with a clock the test can move on."""
+    from outreach.web import create_app
+    from tests.web_support import Clock, Console
+
+    clock = Clock(NOW)
+    return Console(create_app(settings, engine, clock), engine, clock)
+
+
+@pytest.fixture
+def demo_console(demo_engine, settings: Settings):
+    """The console over the demo practice (clients, physicians, events, measures; nothing sent yet)."""
+    from outreach.web import create_app
+    from tests.web_support import Clock, Console
+
+    clock = Clock(NOW)
+    return Console(create_app(settings, demo_engine, clock), demo_engine, clock)
