@@ -77,6 +77,7 @@ from outreach.models import (
     message_bodies,
     messages,
     physicians,
+    utcnow,
 )
 from outreach.outbox import with_body
 from outreach.planner import plan
@@ -882,6 +883,47 @@ def measure_review(engine: Engine, settings: Settings, folder: Path, runs: int) 
     }
 
 
+def measure_console(engine: Engine, settings: Settings, runs: int) -> dict:
+    """The console's pages and the API, server time (in process, through Flask's test client)."""
+    from outreach import accounts
+    from outreach.web import create_app
+
+    with store.read(engine) as conn:
+        newest = conn.execute(select(func.max(messages.c.id))).scalar_one()
+        busiest = conn.execute(
+            select(clients.c.ref)
+            .join(messages, messages.c.client_id == clients.c.id)
+            .where(messages.c.id > newest - 5000)
+            .group_by(clients.c.ref)
+            .order_by(func.count().desc())
+            .limit(1)
+        ).scalar_one()
+    app = create_app(settings, engine)
+    password = "bench password, long enough"
+    accounts.add_user(engine, "bench@practice.example", "staff", password, utcnow(), actor="bench")
+    token = accounts.create_token(engine, "bench", "viewer", utcnow(), actor="bench")
+    client = app.test_client()
+    login_page = client.get("/login").get_data(as_text=True)
+    csrf = login_page.split('name="csrf" value="', 1)[1].split('"', 1)[0]
+    client.post("/login", data={"csrf": csrf, "email": "bench@practice.example", "password": password})
+
+    def page(url: str, **headers: str) -> Callable[[], object]:
+        def get() -> None:
+            response = client.get(url, headers=headers)
+            if response.status_code != 200:
+                raise BenchError(f"GET {url}: {response.status_code}")
+
+        return get
+
+    return {
+        "console_log_s": median_time(page("/"), runs),
+        "console_log_filtered_s": median_time(page("/?status=failed"), runs),
+        "console_message_s": median_time(page(f"/messages/{newest}"), runs),
+        "console_client_s": median_time(page(f"/clients/{busiest}"), runs),
+        "api_messages_s": median_time(page("/api/v1/messages", Authorization=f"Bearer {token}"), runs),
+    }
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU of a process so far (``/proc/PID/stat`` fields 14 and 15)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -963,6 +1005,15 @@ class Figure:
     met: bool | None = None
 
 
+CONSOLE_FIGURES = (
+    ("console_log_s", "console: log page"),
+    ("console_log_filtered_s", "console: log page, status=failed"),
+    ("console_message_s", "console: a message page"),
+    ("console_client_s", "console: a client page"),
+    ("api_messages_s", "GET /api/v1/messages"),
+)
+
+
 def judge(scale: Scale, r: dict) -> dict[str, Figure]:
     """Every figure, with its target and whether it is met (None: for information)."""
     due_budget = 20.0 * r["due"] / 20_000  # 20 s for 20,000 messages
@@ -987,6 +1038,7 @@ def judge(scale: Scale, r: dict) -> dict[str, Figure]:
                                       "< 0.3 s", r["review_failed_cli_s"] < 0.3),
         "review_physician_inproc_s": Figure("list_messages(physician=)", r["review_physician_inproc_s"], "s"),
         "review_failed_inproc_s": Figure("list_messages(status=failed)", r["review_failed_inproc_s"], "s"),
+        **{name: Figure(label, r[name], "s", "< 0.3 s", r[name] < 0.3) for name, label in CONSOLE_FIGURES},
         "idle_cpu_pct": Figure(f"idle CPU ({r['idle_window_s']:.0f} s window, 60 s tick)",
                                r["idle_cpu_pct"], "% core", "< 1 %", r["idle_cpu_pct"] < 1.0),
         "idle_peak_rss_mb": Figure("idle peak RSS", r["idle_peak_rss_mb"], "MB",
@@ -1098,6 +1150,8 @@ def run_bench(scale: Scale, database_url: str | None, folder: Path, profile: Pat
     r.update(measure_render(engine, settings, rules, renderer, practice, scale.render_samples, profile))
     log_step("review")
     r.update(measure_review(engine, settings, folder, scale.runs))
+    log_step("console pages")
+    r.update(measure_console(engine, settings, scale.runs))
     log_step(f"idle service for {scale.idle_seconds:g} s")
     r.update(measure_idle(settings, folder, scale.idle_seconds))
     facts = environment_facts(engine)

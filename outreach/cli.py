@@ -26,7 +26,7 @@ from dotenv import load_dotenv
 from sqlalchemy.exc import SQLAlchemyError
 
 from outreach import records, store
-from outreach.errors import ImportFileError, NotFound, OutreachError
+from outreach.errors import ImportFileError, OutreachError
 from outreach.models import IMPORT_KINDS, utcnow
 from outreach.review import (
     format_csv,
@@ -623,23 +623,9 @@ def preview_(
     env: Env, rule_name: str, client_ref: str | None, html_file: Path | None, now: str | None
 ) -> None:
     """Render what RULE would send now, without queuing it."""
-    from outreach.planner import preview
-    from outreach.rules import load_rules
+    from outreach.planner import preview_rule
 
-    settings = env.settings
-    rules = {r.name: r for r in load_rules(settings.campaigns_dir, settings.templates_dir)}
-    if rule_name not in rules:
-        raise NotFound(f"no rule named {rule_name!r} (rules: {', '.join(sorted(rules))})")
-    from outreach.renderer import load_renderer
-
-    rendered = preview(
-        env.ready_engine(),
-        settings,
-        rules[rule_name],
-        load_renderer(settings.templates_dir),  # the files as the service reads them
-        client_ref,
-        env.now(now),
-    )
+    rendered = preview_rule(env.ready_engine(), env.settings, rule_name, client_ref, env.now(now))
     click.echo(f"Subject: {rendered.subject}\n")
     click.echo(rendered.text.rstrip())
     if html_file:

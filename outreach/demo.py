@@ -14,8 +14,11 @@ from __future__ import annotations
 
 import csv
 import os
+import tomllib
 from datetime import UTC, date, datetime, time, timedelta
+from importlib.resources import files
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import Engine
@@ -37,134 +40,16 @@ MARKER_TEXT = (
     f"what it made: {DATABASE}, csv/ and outbox/. Anything else you put here is left alone.\n"
 )
 
-PHYSICIANS = [
-    ("m.alvarez@riverside-ortho.example.org", "Maria Alvarez", "MD", "Orthopaedic Surgery",
-     "Riverside Orthopaedics", "555-0101", "555-0102", "America/New_York"),
-    ("j.chen@lakeside-sports.example.org", "James Chen", "DO", "Sports Medicine",
-     "Lakeside Sports Medicine", "555-0201", "", "America/Chicago"),
-    ("p.nair@northgate-fm.example.org", "Priya Nair", "PA-C", "Family Medicine",
-     "Northgate Family Practice", "555-0301", "555-0302", ""),
-]  # fmt: skip
 
-ALVAREZ, CHEN, NAIR = (p[0] for p in PHYSICIANS)
+def _practice() -> dict[str, Any]:
+    """The demo practice as ``demo.toml`` describes it."""
+    return tomllib.loads(files("outreach").joinpath("demo.toml").read_text(encoding="utf-8"))
 
-# ref, first, last, physician, referred (days ago), diagnosis, precautions, goals, consent?, status
-CLIENTS = [
-    ("C-1001", "Jordan", "Davis", ALVAREZ, 75, "Left ACL reconstruction (hamstring autograft)",
-     "No open-chain knee extension 0-45 degrees until 12 weeks; no pivoting",
-     "Descend stairs reciprocally without rail; Return to recreational cycling; Jog 10 minutes pain-free",
-     True, "active"),
-    ("C-1002", "Maria", "Lopez", CHEN, 64, "Lumbar disc herniation L4-5 with left radiculopathy",
-     "Avoid loaded spinal flexion; stop if leg symptoms peripheralise",
-     "Sit through a 1-hour work meeting; Lift a 10 kg grocery bag from the floor", True, "active"),
-    ("C-1003", "Robert", "Kim", ALVAREZ, 96, "Right total knee arthroplasty",
-     "Weight bearing as tolerated; no kneeling on the operated knee",
-     "Walk 30 minutes in the community; Climb one flight of stairs without a rail", True, "active"),
-    ("C-1004", "Aisha", "Patel", ALVAREZ, 58, "Right rotator cuff repair (supraspinatus)",
-     "No lifting over 2 kg with the right arm; no resisted external rotation until cleared",
-     "Reach an overhead shelf; Carry a 5 kg bag", True, "active"),
-    ("C-1005", "Thomas", "Becker", CHEN, 1, "Patellofemoral pain syndrome, bilateral",
-     "", "Run 5 km", False, "referred"),
-    ("C-1006", "Helen", "Wright", NAIR, 70, "Recurrent falls; deconditioning after hospital stay",
-     "Orthostatic hypotension: rise slowly, monitor blood pressure before exercise",
-     "Walk to the mailbox without a cane; Get up from the floor independently", True, "active"),
-    ("C-1007", "Samuel", "Okafor", CHEN, 6, "Mechanical neck pain with cervicogenic headache",
-     "No end-range cervical manipulation", "Work at the computer for 2 hours without headache",
-     True, "referred"),
-    ("C-1008", "Grace", "Liu", NAIR, 5, "Type 2 diabetes with peripheral neuropathy; low back pain",
-     "Check feet before and after sessions; glucose above 100 mg/dL before exercise",
-     "Walk 20 minutes daily", False, "referred"),
-    ("C-1009", "Daniel", "Reyes", CHEN, 50, "Right Achilles tendinopathy (mid-portion)",
-     "Progress loading by pain monitoring (at most 3/10 during, settled next morning)",
-     "Jog 20 minutes; Single-leg heel raise x 20", True, "active"),
-    ("C-1010", "Olivia", "Brooks", NAIR, 40, "Chronic low back pain", "", "Garden for 1 hour",
-     True, "active"),
-]  # fmt: skip
 
-# Plan of care as the clinician records it; next reassessment in days from now.
-PLANS = {
-    "C-1001": (
-        "2 sessions/week for 8 weeks: progressive quadriceps and hip strengthening, "
-        "balance, graded return to cycling",
-        27,
-    ),
-    "C-1002": ("2 sessions/week for 6 weeks: graded loading in neutral spine, walking programme", 20),
-    "C-1003": ("Discharged to a home programme: strength 3x/week, daily walking", None),
-    "C-1004": (
-        "2 sessions/week for 8 weeks: scapular control, progressive rotator cuff loading "
-        "within the lifting limit",
-        25,
-    ),
-    "C-1006": (
-        "2 sessions/week for 10 weeks: lower-limb strength, balance and gait training, floor transfers",
-        24,
-    ),
-    "C-1007": (
-        "2 sessions/week for 6 weeks: deep neck flexor endurance, posture and work-station breaks",
-        28,
-    ),
-    "C-1009": ("1 session/week for 4 weeks: heavy slow calf loading, return-to-run progression", 26),
-    "C-1010": ("2 sessions/week for 8 weeks: graded activity and trunk endurance", 21),
-}
-
-# ref, kind, days ago, hour, note
-EVENTS = [
-    ("C-1001", "referral_received", 75, 9, "Referral by fax"),
-    ("C-1001", "initial_assessment", 70, 10, ""),
-    ("C-1001", "reassessment", 1, 10, "12-week reassessment"),
-    ("C-1002", "referral_received", 64, 9, ""),
-    ("C-1002", "initial_assessment", 61, 11, ""),
-    ("C-1003", "referral_received", 96, 9, ""),
-    ("C-1003", "initial_assessment", 92, 14, ""),
-    ("C-1003", "goal_achieved", 20, 11, "Walk 30 minutes in the community: achieved, no gait aid"),
-    ("C-1003", "goal_achieved", 6, 11, "Climb one flight of stairs without a rail: achieved reciprocally"),
-    ("C-1003", "discharged", 1, 15,
-     "Goals met; independent with home programme (3x/week strength, daily walking)"),
-    ("C-1004", "referral_received", 58, 9, ""),
-    ("C-1004", "initial_assessment", 55, 9, ""),
-    ("C-1005", "referral_received", 1, 11, ""),
-    ("C-1006", "referral_received", 70, 8, ""),
-    ("C-1006", "initial_assessment", 66, 10, ""),
-    ("C-1006", "adverse_event", 0, 1,
-     "Light-headed on standing after seated exercise; BP 92/60 seated. Session stopped, "
-     "client seated and monitored 20 minutes, symptoms resolved; BP 118/74 before leaving "
-     "with her daughter."),
-    ("C-1007", "referral_received", 6, 9, ""),
-    ("C-1007", "initial_assessment", 2, 13, ""),
-    ("C-1008", "referral_received", 5, 9, ""),
-    ("C-1008", "initial_assessment", 1, 9, ""),
-    ("C-1009", "referral_received", 50, 10, ""),
-    ("C-1009", "initial_assessment", 47, 10, ""),
-    ("C-1009", "goal_achieved", 1, 16,
-     "Jog 20 minutes: achieved continuously, pain 1/10, settled by the next morning"),
-    ("C-1010", "referral_received", 40, 10, ""),
-    ("C-1010", "initial_assessment", 37, 10, ""),
-    ("C-1010", "session_missed", 12, 10, ""),
-    ("C-1010", "session_missed", 8, 10, ""),
-    ("C-1010", "session_missed", 5, 10, ""),
-]  # fmt: skip
-
-# Sessions attended: twice a week for the active clients with an assessment.
-ATTENDING = {"C-1001": 70, "C-1002": 61, "C-1004": 55, "C-1006": 66, "C-1009": 47, "C-1003": 92}
-
-# ref, instrument, [(days ago, score), ...]
-MEASURES: list[tuple[str, str, list[tuple[int, float]]]] = [
-    ("C-1001", "LEFS", [(70, 38), (40, 47), (1, 55)]),
-    ("C-1001", "NPRS", [(70, 5), (1, 2)]),
-    ("C-1002", "ODI", [(61, 42), (31, 34), (2, 24)]),
-    ("C-1002", "NPRS", [(61, 7), (2, 3)]),
-    ("C-1003", "LEFS", [(92, 30), (50, 48), (1, 62)]),
-    ("C-1003", "6MWT", [(92, 280), (1, 410)]),
-    ("C-1004", "QuickDASH", [(55, 61), (5, 40)]),
-    ("C-1006", "TUG", [(66, 16.2), (3, 12.8)]),
-    ("C-1006", "BERG", [(66, 41), (3, 47)]),
-    ("C-1007", "NDI", [(2, 22)]),
-    ("C-1007", "NPRS", [(2, 6)]),
-    ("C-1008", "ODI", [(1, 36)]),
-    ("C-1009", "LEFS", [(47, 52), (1, 71)]),
-    ("C-1009", "PSFS", [(47, 3), (1, 8)]),
-    ("C-1010", "ODI", [(37, 30), (15, 28)]),
-]
+PRACTICE = _practice()
+PHYSICIANS: list[dict[str, str]] = PRACTICE["physician"]
+CLIENTS: list[dict[str, Any]] = PRACTICE["client"]
+ATTENDING: dict[str, int] = PRACTICE["attending"]
 
 
 def demo_rows(now: datetime, settings: Settings) -> dict[str, list[dict]]:
@@ -178,36 +63,36 @@ def demo_rows(now: datetime, settings: Settings) -> dict[str, list[dict]]:
             moment = local - timedelta(minutes=5)
         return moment.replace(tzinfo=None).isoformat(timespec="minutes")
 
+    def on(days: int) -> str:
+        return (today - timedelta(days=days)).isoformat()
+
     columns = SPECS["physicians"].columns
-    physicians = [{**dict.fromkeys(columns, ""), **dict(zip(columns, p, strict=False))} for p in PHYSICIANS]
-    clients = []
-    for ref, first, last, email, referred, dx, precautions, goals, consent, status in CLIENTS:
+    physicians = [{**dict.fromkeys(columns, ""), **p} for p in PHYSICIANS]
+    clients, events, measures = [], [], []
+    for client in CLIENTS:
+        ref, referred = client["ref"], on(client["referred"])
         clients.append(
             {
-                "ref": ref, "first_name": first, "last_name": last, "physician_email": email,
-                "referral_date": (today - timedelta(days=referred)).isoformat(), "diagnosis": dx,
-                "precautions": precautions, "goals": goals,
-                "consent_date": (today - timedelta(days=referred)).isoformat() if consent else "",
-                "status": status, "consent_expires": "",
-                "plan": PLANS.get(ref, ("", None))[0],
-                "next_reassessment": _in_days(today, PLANS.get(ref, ("", None))[1]),
+                **{column: client.get(column, "") for column in SPECS["clients"].columns},
+                "referral_date": referred,
+                "consent_date": referred if client["consent"] else "",
+                "next_reassessment": _in_days(today, client.get("reassess_in")),
             }
-        )  # fmt: skip
-    events = [
-        {"client_ref": ref, "kind": kind, "occurred_at": at(days, hour), "note": note}
-        for ref, kind, days, hour, note in EVENTS
-    ]
+        )
+        events += [
+            {"client_ref": ref, "kind": kind, "occurred_at": at(days, hour), "note": note}
+            for days, hour, kind, note in client["events"]
+        ]
+        measures += [
+            {"client_ref": ref, "instrument": code, "score": f"{score:g}", "measured_at": on(days)}
+            for code, series in client.get("measures", {}).items()
+            for days, score in series
+        ]
     for ref, since in ATTENDING.items():
         for days in range(since - 3, 1, -4):
             events.append(
                 {"client_ref": ref, "kind": "session_attended", "occurred_at": at(days, 8), "note": ""}
             )
-    measures = [
-        {"client_ref": ref, "instrument": code, "score": f"{score:g}",
-         "measured_at": (today - timedelta(days=days)).isoformat()}
-        for ref, code, series in MEASURES
-        for days, score in series
-    ]  # fmt: skip
     return {"physicians": physicians, "clients": clients, "events": events, "measures": measures}
 
 
@@ -304,7 +189,7 @@ def demo_moment(now: datetime, settings: Settings) -> datetime:
 def _open_windows(moment: datetime, settings: Settings) -> int:
     """How many demo physicians' send windows are open at ``moment``."""
     window = parse_window(settings.send_window)
-    zones = [ZoneInfo(p[7]) if p[7] else settings.tz for p in PHYSICIANS]
+    zones = [ZoneInfo(p["timezone"]) if p["timezone"] else settings.tz for p in PHYSICIANS]
     return sum(window.contains(moment.astimezone(zone)) for zone in zones)
 
 

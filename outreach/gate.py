@@ -73,22 +73,12 @@ _DOCTOR_NOW = physicians.alias("doctor_now")  # the client's physician today
 def _state_query() -> Select[*tuple[Any, ...]]:
     """Each message with the state of the world it depends on, as it is now."""
     return select(
-        messages.c.id,
-        messages.c.kind,
-        messages.c.digest_id,
-        messages.c.needs_consent,
-        messages.c.recipient,
-        messages.c.physician_id,
-        messages.c.client_id,
-        clients.c.consent_date,
-        clients.c.consent_expires,
-        clients.c.consent_revoked_on,
+        *messages.c["id", "kind", "digest_id", "needs_consent", "recipient", "physician_id", "client_id"],
+        *clients.c["consent_date", "consent_expires", "consent_revoked_on"],
         clients.c.physician_id.label("physician_now"),
         _DOCTOR_NOW.c.email.label("physician_now_email"),
         physicians.c.email.label("physician_email"),
-        physicians.c.opted_out_on,
-        physicians.c.undeliverable_on,
-        physicians.c.undeliverable_reason,
+        *physicians.c["opted_out_on", "undeliverable_on", "undeliverable_reason"],
     ).select_from(
         messages.outerjoin(clients, clients.c.id == messages.c.client_id)
         .outerjoin(physicians, physicians.c.id == messages.c.physician_id)

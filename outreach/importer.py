@@ -12,6 +12,9 @@ A client's status comes from the file only for a new client: after that,
 milestones decide it (a re-import never reopens a discharged client).
 A free-text cell (a note, a diagnosis) holds at most ``TEXT_LIMIT``
 characters; a longer one is a bad row like any other.
+
+``save_record`` takes one record (the JSON API's) through the same checks
+and row writers as a row of a file, in a transaction of its own.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlalchemy import Connection, Engine, Table, select
@@ -31,6 +34,7 @@ from outreach.errors import ImportFileError, OutreachError
 from outreach.models import clients, events, measurements, physicians
 from outreach.records import (
     TEXT_LIMIT,
+    Outcome,
     RowError,
     fits,
     not_in_future,
@@ -215,13 +219,8 @@ def import_file(
         good = []
         for line, raw in rows:
             checker.line = line
-            missing = [c for c in spec.required if not raw.get(c, "").strip()]
             try:
-                if missing:
-                    raise RowError(f"{', '.join(missing)}: required but empty")
-                values = checker.check(raw)
-                fits(checker.table, values)
-                good.append(values)
+                good.append(_checked(checker, spec, raw))
             except RowError as exc:
                 problems.append(f"{path}:{line}: {exc}")
         if problems and not skip_invalid:
@@ -233,6 +232,70 @@ def import_file(
         if report.created or report.updated:
             write_audit(conn, now, actor, [("import", kind, f"{path}: {report.summary()}")])
     return report
+
+
+def _checked(checker: _Checker, spec: Spec, raw: dict[str, str]) -> dict[str, Any]:
+    """One row's values for its table: required cells, each value, what the database can hold."""
+    missing = [c for c in spec.required if not raw.get(c, "").strip()]
+    if missing:
+        raise RowError(f"{', '.join(missing)}: required but empty")
+    values = checker.check(raw)
+    fits(checker.table, values)
+    return values
+
+
+# --- one record (the API's) -----------------------------------------------------------
+
+
+class RecordRefused(OutreachError):
+    """A record that cannot be saved: every problem found, each a ``RowError`` naming its field."""
+
+    def __init__(self, problems: list[RowError]):
+        super().__init__("; ".join(str(p) for p in problems))
+        self.problems = problems
+
+
+def save_record(
+    engine: Engine,
+    settings: Settings,
+    kind: str,
+    raw: dict[str, str],
+    now: datetime,
+    actor: str | None = None,
+) -> tuple[Outcome, dict[str, Any]]:
+    """Check one record exactly as a CSV row is checked, write it as an import would, audit it.
+
+    ``raw`` holds the record's fields as text, as a file's cells would be;
+    a field left out is a column the file does not have (left as it is on
+    record). One transaction; one audit line by ``actor`` for every call
+    that got this far, even when nothing changed (an API call is accounted
+    for). Returns what happened and the record as now stored, by the names
+    the fields were given in (``client_ref``, ``physician_email``, ``measured_at``).
+    """
+    spec = SPECS[kind]
+    problems = [
+        RowError(f"{name}: not a field of {kind} (expected: {', '.join(spec.columns)})")
+        for name in raw
+        if name not in spec.columns
+    ]
+    for name in spec.required:
+        if name not in raw:
+            problems.append(RowError(f"{name}: required but missing"))
+        elif not raw[name].strip():
+            problems.append(RowError(f"{name}: required but empty"))
+    if problems:
+        raise RecordRefused(problems)
+    with store.write(engine) as conn:
+        checker = _CHECKERS[kind](conn, settings, now)
+        try:
+            values = _checked(checker, spec, raw)
+        except RowError as exc:
+            raise RecordRefused([exc]) from None
+        outcome = cast(Outcome, checker.write(values))
+        record = checker.stored(values)
+        action, subject, detail = checker.described(record)
+        write_audit(conn, now, actor, [(action, subject, f"{outcome}: {detail}")])
+    return outcome, record
 
 
 class _Checker:
@@ -255,6 +318,14 @@ class _Checker:
 
     def write(self, values: dict[str, Any]) -> str:
         """Write checked values (through ``records``): created, updated or unchanged."""
+        raise NotImplementedError
+
+    def stored(self, values: dict[str, Any]) -> dict[str, Any]:
+        """The record as stored after ``write`` (by the names the fields were given in)."""
+        raise NotImplementedError
+
+    def described(self, record: dict[str, Any]) -> tuple[str, str, str]:
+        """The audit line's action, subject and detail for a record saved on its own."""
         raise NotImplementedError
 
     def client_id(self, ref: str) -> int:
@@ -299,6 +370,13 @@ class _Physicians(_Checker):
     def write(self, values: dict[str, Any]) -> str:
         return save_physician(self.conn, values, self.now)
 
+    def stored(self, values: dict[str, Any]) -> dict[str, Any]:
+        row = self.conn.execute(select(physicians).where(physicians.c.email == values["email"])).one()
+        return dict(row._mapping)
+
+    def described(self, record: dict[str, Any]) -> tuple[str, str, str]:
+        return "physician", f"physician {record['email']}", record["name"]
+
 
 class _Clients(_Checker):
     table = clients
@@ -330,6 +408,16 @@ class _Clients(_Checker):
     def write(self, values: dict[str, Any]) -> str:
         return save_client(self.conn, values, self.now)
 
+    def stored(self, values: dict[str, Any]) -> dict[str, Any]:
+        columns = [c for c in clients.c if c.name != "physician_id"]
+        query = select(*columns, physicians.c.email.label("physician_email")).join(
+            physicians, physicians.c.id == clients.c.physician_id
+        )
+        return dict(self.conn.execute(query.where(clients.c.ref == values["ref"])).one()._mapping)
+
+    def described(self, record: dict[str, Any]) -> tuple[str, str, str]:
+        return "client", f"client {record['ref']}", f"referred by {record['physician_email']}"
+
 
 class _Events(_Checker):
     table = events
@@ -345,6 +433,29 @@ class _Events(_Checker):
     def write(self, values: dict[str, Any]) -> str:
         return "created" if record_event(self.conn, now=self.now, **values) else "unchanged"
 
+    def stored(self, values: dict[str, Any]) -> dict[str, Any]:
+        query = select(
+            events.c.id,
+            clients.c.ref.label("client_ref"),
+            events.c.kind,
+            events.c.occurred_at,
+            events.c.note,
+            events.c.created_at,
+        ).join(clients, clients.c.id == events.c.client_id)
+        found = query.where(
+            events.c.client_id == values["client_id"],
+            events.c.kind == values["kind"],
+            events.c.occurred_at == values["occurred_at"],
+        )
+        return dict(self.conn.execute(found).one()._mapping)
+
+    def described(self, record: dict[str, Any]) -> tuple[str, str, str]:
+        return (
+            "event",
+            f"client {record['client_ref']}",
+            f"{record['kind']} at {record['occurred_at'].isoformat()}",
+        )
+
 
 class _Measures(_Checker):
     table = measurements
@@ -359,6 +470,26 @@ class _Measures(_Checker):
 
     def write(self, values: dict[str, Any]) -> str:
         return record_measure(self.conn, now=self.now, **values)
+
+    def stored(self, values: dict[str, Any]) -> dict[str, Any]:
+        query = select(
+            measurements.c.id,
+            clients.c.ref.label("client_ref"),
+            measurements.c.instrument,
+            measurements.c.score,
+            measurements.c.measured_on.label("measured_at"),
+            measurements.c.created_at,
+        ).join(clients, clients.c.id == measurements.c.client_id)
+        found = query.where(
+            measurements.c.client_id == values["client_id"],
+            measurements.c.instrument == values["instrument"],
+            measurements.c.measured_on == values["measured_on"],
+        )
+        return dict(self.conn.execute(found).one()._mapping)
+
+    def described(self, record: dict[str, Any]) -> tuple[str, str, str]:
+        what = f"{record['instrument']} {record['score']:g} on {record['measured_at']}"
+        return "measure", f"client {record['client_ref']}", what
 
 
 _CHECKERS: dict[str, Callable[..., _Checker]] = {

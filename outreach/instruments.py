@@ -1,16 +1,19 @@
 """The registry of outcome measures, and how a change in score is read.
 
-Kept as data in one place so that every report interprets a score the same
-way and adding an instrument is one entry. ``mcid`` is the published minimal
-clinically important difference (or minimal detectable change) in points;
-``mcid_pct`` an alternative threshold in percent of baseline; ``cutoff`` a
-risk level (for example the TUG fall-risk cut-off). ``source`` names where
-each figure comes from, so a clinician can check it.
+Kept as data in one place, ``instruments.toml``, so that every report
+interprets a score the same way and adding an instrument is one entry.
+``mcid`` is the published minimal clinically important difference (or
+minimal detectable change) in points; ``mcid_pct`` an alternative threshold
+in percent of baseline; ``cutoff`` a risk level (for example the TUG
+fall-risk cut-off). ``source`` names where each figure comes from, so a
+clinician can check it.
 """
 
 from __future__ import annotations
 
+import tomllib
 from dataclasses import dataclass
+from importlib.resources import files
 
 
 @dataclass(frozen=True)
@@ -43,47 +46,19 @@ class Instrument:
         return score < self.cutoff if self.higher_is_better else score > self.cutoff
 
 
-_I = Instrument
-INSTRUMENTS: dict[str, Instrument] = {
-    i.code: i
-    for i in (
-        _I("LEFS", "Lower Extremity Functional Scale", 0, 80, "points", True, 9,
-           "MCID 9 points", "Binkley et al., Phys Ther 1999"),
-        _I("ODI", "Oswestry Disability Index", 0, 100, "%", False, 10,
-           "MCID 10 points or 30 %", "Ostelo et al., Spine 2008", mcid_pct=30),
-        _I("NDI", "Neck Disability Index", 0, 50, "points", False, 7.5,
-           "MCID 7.5 points", "Young et al., Spine J 2009"),
-        _I("QuickDASH", "QuickDASH", 0, 100, "points", False, 15.9,
-           "MCID 15.9 points", "Franchignoni et al., JOSPT 2014"),
-        _I("NPRS", "Numeric Pain Rating Scale", 0, 10, "points", False, 2,
-           "MCID 2 points or 30 %", "Childs et al., Spine 2005", mcid_pct=30),
-        _I("PSFS", "Patient-Specific Functional Scale", 0, 10, "points", True, 2,
-           "MCID 2 points", "Abbott & Schmitt, JOSPT 2014"),
-        _I("TUG", "Timed Up and Go", 0, None, "s", False, None,
-           "fall-risk cut-off 13.5 s", "Shumway-Cook et al., Phys Ther 2000", cutoff=13.5),
-        _I("30CST", "30-second chair stand", 0, None, "repetitions", True, 2,
-           "2 repetitions; below age/sex norms = fall risk", "Jones et al., RQES 1999"),
-        _I("6MWT", "6-minute walk test", 0, None, "m", True, 50,
-           "50 m substantial change (20 m small)", "Perera et al., JAGS 2006"),
-        _I("BERG", "Berg Balance Scale", 0, 56, "points", True, 5,
-           "5 points detectable; below 45 = fall risk", "Donoghue et al., JRM 2009", cutoff=45),
-        _I("GAIT", "Gait speed", 0, None, "m/s", True, 0.10,
-           "0.10 m/s substantial change; below 1.0 m/s higher risk",
-           "Perera et al., JAGS 2006", cutoff=1.0),
-    )
-}  # fmt: skip
+def _registry() -> tuple[dict[str, Instrument], dict[str, str]]:
+    """The instruments in ``instruments.toml`` by code, and every name users write for each."""
+    text = files("outreach").joinpath("instruments.toml").read_text(encoding="utf-8")
+    instruments, aliases = {}, {}
+    for entry in tomllib.loads(text)["instrument"]:
+        names = entry.pop("aliases", [])
+        instrument = Instrument(**{"high": None, "mcid": None, **entry})
+        instruments[instrument.code] = instrument
+        aliases.update(dict.fromkeys([instrument.code.lower(), *names], instrument.code))
+    return instruments, aliases
 
-_ALIASES = {code.lower(): code for code in INSTRUMENTS}
-_ALIASES.update(
-    {
-        "30s_chair_stand": "30CST",
-        "chair_stand": "30CST",
-        "6mwd": "6MWT",
-        "berg_balance": "BERG",
-        "gait_speed": "GAIT",
-        "quick_dash": "QuickDASH",
-    }
-)
+
+INSTRUMENTS, _ALIASES = _registry()
 
 
 def lookup(name: str) -> Instrument | None:

@@ -55,6 +55,19 @@ class Loop:
     message_id: int | None = None
 
 
+def blocker(loop: Loop) -> str | None:
+    """What holds a blocked loop up: ``"failed"`` or ``"suppressed"`` (a message), or ``"consent"``.
+
+    For the console, which links each to where it is acted on (the message's
+    Retry, the client's consent form); ``None`` for a loop that is not blocked.
+    """
+    if loop.state != "blocked":
+        return None
+    if loop.message_id is None:
+        return "consent"
+    return "failed" if loop.detail.startswith("failed delivery") else "suppressed"
+
+
 def add_business_days(day: date, count: int) -> date:
     while count > 0:
         day += timedelta(days=1)

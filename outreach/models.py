@@ -99,6 +99,7 @@ TRAIL_ACTIONS = (
     "cancelled",
     "released",
     "retried",
+    "resent",
 )
 
 PRIORITY_NORMAL, PRIORITY_URGENT = 0, 10
@@ -243,6 +244,7 @@ messages = Table(
     Index("ix_messages_created", "created_at"),
     # ``outreach log --status X`` (newest first) and the planner's recent messages by status.
     Index("ix_messages_status_created", "status", "created_at"),
+    Index("ix_messages_rule_created", "rule", "created_at"),  # the console's filter by rule
 )
 
 # What a message says, apart from the log entry itself: the log is scanned
@@ -351,6 +353,8 @@ def outbox_row(
     rule: str,
     template: str,
     dedupe_key: str,
+    client_id: int | None = None,
+    event_id: int | None = None,
     kind: str,
     physician_id: int,
     recipient: str,
@@ -361,8 +365,6 @@ def outbox_row(
     status: str,
     now: datetime,
     domain: str,
-    client_id: int | None = None,
-    event_id: int | None = None,
     needs_consent: bool = False,
     priority: int = PRIORITY_NORMAL,
     not_before: datetime | None = None,

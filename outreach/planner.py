@@ -31,7 +31,7 @@ from sqlalchemy import (
     update,
 )
 
-from outreach import gate, store
+from outreach import gate, models, store
 from outreach.consent import consent_in_effect, row_consent_problem
 from outreach.context import (
     MIN_COHORT,
@@ -46,17 +46,6 @@ from outreach.context import (
 from outreach.digest import BatchReport, batch, regroup
 from outreach.errors import RenderError
 from outreach.models import (
-    CANCELLED,
-    CONSENT,
-    DEIDENTIFICATION,
-    DISCHARGED,
-    FAILED,
-    OPTED_OUT,
-    PENDING,
-    PRIORITIES,
-    SENDING,
-    SENT,
-    SUPPRESSED,
     aware,
     clients,
     events,
@@ -161,7 +150,7 @@ def _recipient(row: Any) -> Recipient:
 def _consent(rule: Rule, row: Any, today: date) -> dict:
     """The Draft fields that hold back mail about a client without consent, when the rule needs it."""
     problem = row_consent_problem(row, today) if rule.consent_required else None
-    return {"suppress_reason": problem, "suppress_code": CONSENT if problem else None}
+    return {"suppress_reason": problem, "suppress_code": models.CONSENT if problem else None}
 
 
 def _due_on_event(conn: Connection, rule: Rule, now: datetime) -> list[Draft]:
@@ -283,7 +272,7 @@ def _recently_reported(rule: Rule, now: datetime) -> Exists:
     return exists().where(
         messages.c.client_id == clients.c.id,
         messages.c.template == rule.template,
-        messages.c.status.in_((PENDING, SENDING, SENT)),
+        messages.c.status.in_((models.PENDING, models.SENDING, models.SENT)),
         messages.c.created_at > now - rule.every,
     )
 
@@ -356,7 +345,7 @@ def _hold_for_opt_outs(conn: Connection, drafts: list[Draft]) -> None:
         if draft.suppress_reason is None and draft.to.physician_id in opted_out:
             on = opted_out[draft.to.physician_id]
             draft.suppress_reason = f"physician opted out of non-clinical mail on {on}"
-            draft.suppress_code = OPTED_OUT
+            draft.suppress_code = models.OPTED_OUT
 
 
 # --- queuing -------------------------------------------------------------------
@@ -405,7 +394,7 @@ def _render_draft(
         context = physician_context(conn, settings, draft.rule, draft.to.physician_id, now, draft.period)
         if context["cohort"]["size"] < MIN_COHORT and draft.suppress_reason is None:
             draft.suppress_reason = f"fewer than {MIN_COHORT} clients: the summary could identify them"
-            draft.suppress_code = DEIDENTIFICATION
+            draft.suppress_code = models.DEIDENTIFICATION
     return renderer.render(draft.rule.template, context)
 
 
@@ -436,14 +425,14 @@ def _queue(
             for message_id, draft, (row, detail) in zip(ids, drafts, rows, strict=True)
             if message_id is not None  # else another planner queued it first
         ]
-        actions = {PENDING: "queued", SUPPRESSED: "suppressed", FAILED: "failed"}
+        actions = {models.PENDING: "queued", models.SUPPRESSED: "suppressed", models.FAILED: "failed"}
         trail_many(
             conn, now, [(message_id, actions[status], detail) for message_id, _, status, detail in stored]
         )
     for message_id, draft, status, detail in stored:
-        if status == PENDING:
+        if status == models.PENDING:
             report.queued.append(draft)
-        elif status == SUPPRESSED:
+        elif status == models.SUPPRESSED:
             report.suppressed.append(draft)
             log.info("message %s suppressed: %s", message_id, detail)
         else:
@@ -473,12 +462,12 @@ def _message_row(
         error = str(exc)
     not_before = None
     if error:
-        status, detail = FAILED, error
+        status, detail = models.FAILED, error
     elif draft.suppress_reason:
-        status, detail = SUPPRESSED, draft.suppress_reason
+        status, detail = models.SUPPRESSED, draft.suppress_reason
     else:
-        status, detail = PENDING, ""
-        if draft.rule.priority == PRIORITIES["normal"]:
+        status, detail = models.PENDING, ""
+        if draft.rule.priority == models.PRIORITIES["normal"]:
             not_before, detail = hold_for_window(settings, draft.to.timezone, draft.to.send_window, now)
     row = outbox_row(
         rule=draft.rule.name,
@@ -499,8 +488,8 @@ def _message_row(
         needs_consent=draft.client_id is not None and draft.rule.consent_required,
         priority=draft.rule.priority,
         not_before=not_before,
-        reason=draft.suppress_code if status == SUPPRESSED else None,
-        last_error=detail if status != PENDING else None,
+        reason=draft.suppress_code if status == models.SUPPRESSED else None,
+        last_error=detail if status != models.PENDING else None,
     )
     return row, detail
 
@@ -528,7 +517,7 @@ def cancel_for_discharged(engine: Engine, rules: list[Rule], now: datetime) -> i
         ids = list(
             conn.execute(
                 select(messages.c.id).where(
-                    messages.c.status == PENDING,
+                    messages.c.status == models.PENDING,
                     messages.c.rule.in_(recurring),
                     messages.c.client_id.in_(discharged),
                 )
@@ -539,7 +528,7 @@ def cancel_for_discharged(engine: Engine, rules: list[Rule], now: datetime) -> i
         conn.execute(
             update(messages)
             .where(messages.c.id.in_(ids))
-            .values(status=CANCELLED, reason=DISCHARGED, updated_at=now)
+            .values(status=models.CANCELLED, reason=models.DISCHARGED, updated_at=now)
         )
         conn.execute(
             message_events.insert(),
@@ -558,7 +547,7 @@ def replan_moved(
     carries such an update is taken apart and its other updates combined
     again (the gate does the same for a digest being sent).
     """
-    moved = (messages.c.status == PENDING) & (clients.c.physician_id != messages.c.physician_id)
+    moved = (messages.c.status == models.PENDING) & (clients.c.physician_id != messages.c.physician_id)
     query = select(messages.c.id, messages.c.digest_id).select_from(messages.join(clients)).where(moved)
     with store.read(engine) as conn:
         if not conn.execute(query.limit(1)).first():
@@ -583,6 +572,26 @@ def replan_moved(
 
 
 # --- preview -------------------------------------------------------------------
+
+
+def preview_rule(
+    engine: Engine, settings: Settings, rule_name: str, client_ref: str | None, now: datetime
+) -> Rendered:
+    """Render the rule named ``rule_name`` as it would go now (``outreach preview``, the console's Preview).
+
+    The rules and templates are read as the service reads them, so what is
+    shown is what would be sent; a rule that does not exist is a ``NotFound``
+    naming the ones that do.
+    """
+    from outreach.errors import NotFound
+    from outreach.renderer import load_renderer
+    from outreach.rules import load_rules
+
+    rules = {r.name: r for r in load_rules(settings.campaigns_dir, settings.templates_dir)}
+    if rule_name not in rules:
+        raise NotFound(f"no rule named {rule_name!r} (rules: {', '.join(sorted(rules))})")
+    renderer = load_renderer(settings.templates_dir)  # the files as the service reads them
+    return preview(engine, settings, rules[rule_name], renderer, client_ref, now)
 
 
 def preview(
@@ -643,12 +652,12 @@ def reconsider_consent(
     about_client = messages.c.rule.in_(list(by_name)) & messages.c.digest_id.is_(None)
     # Only the messages whose consent changed come back: the steady tick reads
     # (almost) nothing, not the whole log.
-    now_refused = (messages.c.status == PENDING) & about_client & ~consenting
+    now_refused = (messages.c.status == models.PENDING) & about_client & ~consenting
     now_given = (
-        (messages.c.status == SUPPRESSED)
+        (messages.c.status == models.SUPPRESSED)
         & (messages.c.created_at >= oldest)
         & about_client
-        & (messages.c.reason == CONSENT)
+        & (messages.c.reason == models.CONSENT)
         & consenting
     )
     with store.read(engine) as conn:
@@ -658,25 +667,22 @@ def reconsider_consent(
     suppressed = revived = 0
     for row in rows:
         problem = row_consent_problem(row, today)
-        if row.status == PENDING and problem:
+        if row.status == models.PENDING and problem:
             suppressed += _suppress_for_consent(engine, row.id, now, f"{problem}: not sent")
-        elif row.status == SUPPRESSED and not problem and now - row.created_at <= by_name[row.rule].max_age:
+        elif (
+            row.status == models.SUPPRESSED
+            and not problem
+            and now - row.created_at <= by_name[row.rule].max_age
+        ):
             revived += _revive(engine, settings, renderer, by_name[row.rule], row, now)
     return suppressed, revived
 
 
 def _consent_query() -> Select[*tuple[Any, ...]]:
     return select(
-        messages.c.id,
-        messages.c.status,
-        messages.c.rule,
-        messages.c.event_id,
-        messages.c.created_at,
+        *messages.c["id", "status", "rule", "event_id", "created_at"],
         clients.c.id.label("client_id"),
-        clients.c.ref,
-        clients.c.consent_date,
-        clients.c.consent_expires,
-        clients.c.consent_revoked_on,
+        *clients.c["ref", "consent_date", "consent_expires", "consent_revoked_on"],
         *_recipient_columns(),
     ).select_from(messages.join(clients).join(physicians, physicians.c.id == clients.c.physician_id))
 
@@ -686,13 +692,13 @@ def _suppress_for_consent(engine: Engine, message_id: int, now: datetime, detail
     with store.write(engine) as conn:
         done = conn.execute(
             update(messages)
-            .where(messages.c.id == message_id, messages.c.status == PENDING)
-            .values(status=SUPPRESSED, reason=CONSENT, last_error=detail, updated_at=now)
+            .where(messages.c.id == message_id, messages.c.status == models.PENDING)
+            .values(status=models.SUPPRESSED, reason=models.CONSENT, last_error=detail, updated_at=now)
         ).rowcount
         if done:
             trail(conn, message_id, now, "suppressed", detail)
     if done:
-        log.info("message %s %s: %s", message_id, SUPPRESSED, detail)
+        log.info("message %s %s: %s", message_id, models.SUPPRESSED, detail)
     return done
 
 
@@ -708,14 +714,14 @@ def _revive(
         log.error("message %s could not be rendered again: %s", row.id, exc)
         return 0
     not_before, held = (None, "")
-    if rule.priority == PRIORITIES["normal"]:
+    if rule.priority == models.PRIORITIES["normal"]:
         not_before, held = hold_for_window(settings, row.physician_tz, row.send_window, now)
     with store.write(engine) as conn:
         done = conn.execute(
             update(messages)
-            .where(messages.c.id == row.id, messages.c.status == SUPPRESSED)
+            .where(messages.c.id == row.id, messages.c.status == models.SUPPRESSED)
             .values(
-                status=PENDING,
+                status=models.PENDING,
                 subject=rendered.subject,
                 not_before=not_before,
                 next_attempt_at=now,

@@ -392,6 +392,8 @@ def give_consent(
 ) -> int:
     """Record consent to share health information (a revocation is lifted); the client's id."""
     not_in_future(on, now, "consent_date")
+    if expires is not None and expires < on:
+        raise RowError(f"consent_expires: {expires} is before the day consent was given ({on})")
     values = {"consent_date": on, "consent_expires": expires, "consent_revoked_on": None}
     detail = f"given on {on}" + (f", until {expires}" if expires else "")
     return _change(engine, CLIENT, client_ref, values, now, actor, ("consent", detail))
@@ -603,3 +605,89 @@ def _check_cancelled(conn: Connection, ids: list[int]) -> None:
         raise OutreachError(
             f"changed while being cancelled: {', '.join(moved)}; nothing was cancelled, try again"
         )
+
+
+# --- resending a sent message -----------------------------------------------------------
+
+RESEND_MARK = "~resend:"  # a resend's dedupe key: the original's, this, and the resend's own id
+WHY_LIMIT = 500  # characters of a reason for resending: a sentence, not a letter
+
+
+def resend(engine: Engine, message_id: int, now: datetime, actor: str | None = None, why: str = "") -> int:
+    """Queue a sent message again as a new one (same words, a new Message-ID); the new message's id.
+
+    For when a physician says it never arrived. Only a sent message, and not
+    a digest (its updates are resent one by one, each judged on its own).
+    The copy is pending, so it goes through the dispatcher and its gate like
+    any other: consent, opt-out and address are checked again when it leaves.
+    Both trails say what happened; one audit line.
+    """
+    import uuid  # this section's own imports: nothing else in the module needs them
+
+    from outreach.models import SENT, outbox_row
+    from outreach.outbox import insert_message, with_body
+
+    why = single_line(why, "why")
+    if len(why) > WHY_LIMIT:
+        raise RowError(f"why: {len(why):,} characters, more than the limit of {WHY_LIMIT:,}")
+    with store.write(engine) as conn:
+        row = conn.execute(with_body().where(messages.c.id == message_id)).first()
+        if row is None:
+            raise NotFound(f"no message with id {message_id}")
+        if row.status != SENT:
+            raise OutreachError(f"only sent messages can be resent: {message_id} is {row.status}")
+        if row.kind == DIGEST:
+            carried = conn.execute(
+                select(messages.c.id).where(messages.c.digest_id == message_id).order_by(messages.c.id)
+            ).scalars()
+            raise OutreachError(
+                f"message {message_id} is a digest: resend the updates it carried instead "
+                f"({', '.join(map(str, carried))})"
+            )
+        if row.html is None:
+            raise OutreachError(f"message {message_id} has no stored body to send again")
+        domain = row.message_id.strip("<>").rpartition("@")[2] or "localhost"
+        copy = outbox_row(
+            rule=row.rule,
+            template=row.template,
+            dedupe_key=f"resend:{uuid.uuid4().hex}",  # until the new id is known
+            kind=row.kind,
+            physician_id=row.physician_id,
+            recipient=row.recipient,
+            recipient_name=row.recipient_name,
+            subject=row.subject,
+            html=row.html,
+            text=row.text,
+            status=PENDING,
+            now=now,
+            domain=domain,
+            client_id=row.client_id,
+            event_id=row.event_id,
+            needs_consent=row.needs_consent,
+            priority=row.priority,
+        )
+        new_id = insert_message(conn, copy)
+        if new_id is None:  # a random key taken: cannot happen, but never a silent nothing
+            raise OutreachError(f"message {message_id} could not be queued again: try again")
+        suffix = f"{RESEND_MARK}{new_id}"
+        room = getattr(messages.c.dedupe_key.type, "length", None) or 255
+        key = row.dedupe_key[: room - len(suffix)] + suffix
+        conn.execute(update(messages).where(messages.c.id == new_id).values(dedupe_key=key))
+        who = (actor or person())[:100]
+        trail_many(
+            conn,
+            now,
+            [
+                (message_id, "resent", f"resent as message {new_id} by {who}" + (f": {why}" if why else "")),
+                (new_id, "queued", f"resend of message {message_id}"),
+            ],
+        )
+        audit(
+            conn,
+            now,
+            actor,
+            "resend",
+            f"message {message_id}",
+            f"as message {new_id}" + (f": {why}" if why else ""),
+        )
+    return new_id

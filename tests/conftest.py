@@ -231,7 +231,17 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 @pytest.fixture
-def console(engine, settings: Settings):
+def quick_passwords(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cheap argon2 for the many logins of the console's tests (``test_web_accounts`` uses the real one)."""
+    from argon2 import PasswordHasher
+
+    from outreach import accounts
+
+    monkeypatch.setattr(accounts, "_hasher", PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1))
+
+
+@pytest.fixture
+def console(engine, settings: Settings, quick_passwords):
     """The console's app on a migrated database, with a clock the test can move on."""
     from outreach.web import create_app
     from tests.web_support import Clock, Console
@@ -241,7 +251,7 @@ def console(engine, settings: Settings):
 
 
 @pytest.fixture
-def demo_console(demo_engine, settings: Settings):
+def demo_console(demo_engine, settings: Settings, quick_passwords):
     """The console over the demo practice (clients, physicians, events, measures; nothing sent yet)."""
     from outreach.web import create_app
     from tests.web_support import Clock, Console

@@ -315,3 +315,8 @@ def test_a_bad_value_is_named_as_the_commands_option(practice, run_cli, args, me
     [line] = result.stderr.splitlines()
     assert line.startswith(message)
     assert audit_rows(practice) == []
+
+
+def test_consent_cannot_end_before_it_was_given(demo_engine):
+    with pytest.raises(records.RowError, match=r"consent_expires: 2026-11-01 is before the day consent"):
+        records.give_consent(demo_engine, "C-1001", date(2026, 11, 20), NOW, expires=date(2026, 11, 1))

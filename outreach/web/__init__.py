@@ -31,7 +31,7 @@ MAX_BODY = 1024 * 1024  # bytes: a bigger request body is refused with 413
 
 def create_app(settings: Settings, engine: Engine, clock: Callable[[], datetime] = utcnow) -> Flask:
     """The console and the API on one database; ``clock`` lets tests move time on."""
-    from outreach.web import api, auth, clients, log, people, preview, security, service
+    from outreach.web import admin, api, auth, clients, log, people, preview, security, service
 
     app = Flask("outreach.web", template_folder=str(TEMPLATES), static_folder=str(HERE / "static"))
     app.config.update(
@@ -48,7 +48,7 @@ def create_app(settings: Settings, engine: Engine, clock: Callable[[], datetime]
     )
     app.jinja_env.autoescape = True
     security.install(app)
-    for module in (auth, log, clients, people, preview, service, api):
+    for module in (auth, log, clients, people, preview, service, admin, api):
         app.register_blueprint(module.bp)
     return app
 

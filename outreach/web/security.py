@@ -20,7 +20,6 @@ from typing import Any, TypeVar, cast
 
 from flask import (
     Flask,
-    Response,
     abort,
     current_app,
     g,
@@ -33,6 +32,7 @@ from flask import (
 )
 from sqlalchemy import Engine
 from werkzeug.exceptions import HTTPException
+from werkzeug.wrappers import Response
 
 from outreach import accounts, records, store
 from outreach.accounts import Principal
@@ -46,6 +46,8 @@ PAGE_POLICY = (
 )
 # An email's HTML, shown in a sandboxed frame of our own page: its styles, nothing that runs.
 EMAIL_POLICY = "default-src 'none'; style-src 'unsafe-inline'; img-src data:; frame-ancestors 'self'; sandbox"
+# The routes that serve an email's HTML for such a frame: they set EMAIL_POLICY themselves.
+EMAIL_FRAMES = ("log.message_html", "preview.preview_html")
 
 
 def engine() -> Engine:
@@ -138,11 +140,12 @@ def _bearer() -> Response | None:
 
 
 def _headers(response: Response) -> Response:
-    if request.endpoint != "log.message_html":
-        response.headers.setdefault("Content-Security-Policy", PAGE_POLICY)
+    framed = request.endpoint in EMAIL_FRAMES
+    if not framed:
+        response.headers["Content-Security-Policy"] = PAGE_POLICY
     response.headers["X-Content-Type-Options"] = "nosniff"
     response.headers["Referrer-Policy"] = "no-referrer"
-    response.headers["X-Frame-Options"] = "DENY" if request.endpoint != "log.message_html" else "SAMEORIGIN"
+    response.headers["X-Frame-Options"] = "SAMEORIGIN" if framed else "DENY"
     if request.endpoint != "static":
         response.headers["Cache-Control"] = "no-store"
     return response
@@ -174,7 +177,8 @@ ERRORS = {
 def _error(exc: HTTPException) -> tuple[Response | str, int]:
     """Errors as a page (or, under /api/, as JSON), never a stack trace."""
     code = exc.code or 500
-    message = exc.description if code in (400, 404) else ERRORS.get(code, "Something went wrong")
+    fallback = ERRORS.get(code, "Something went wrong")
+    message = (exc.description or fallback) if code in (400, 404) else fallback
     if code == 413:
         message = "the request body is over 1 MB"
     if request.path.startswith("/api/"):

@@ -10,7 +10,8 @@ logout or by idleness (only a hash of the cookie's key is stored).
 ``api_tokens``: bearer tokens for ``/api/v1`` (stored hashed). ``secrets``:
 keys the service makes once and keeps (the console's cookie-signing key),
 never a default in code. ``audit.address``: the network address a change or
-view came from (NULL for the command line).
+view came from (NULL for the command line). An index on the log's rule and
+time, for the console's filter by rule.
 """
 
 import sqlalchemy as sa
@@ -70,9 +71,11 @@ def upgrade() -> None:
     )
     op.add_column("audit", sa.Column("address", sa.String(length=64), nullable=True))
     op.create_index("ix_audit_actor_action_at", "audit", ["actor", "action", "at"])
+    op.create_index("ix_messages_rule_created", "messages", ["rule", "created_at"])
 
 
 def downgrade() -> None:
+    op.drop_index("ix_messages_rule_created", table_name="messages")
     op.drop_index("ix_audit_actor_action_at", table_name="audit")
     op.drop_column("audit", "address")
     op.drop_table("secrets")
