@@ -62,7 +62,7 @@ from sqlalchemy import Engine, Table, func, select, update
 from outreach import store
 from outreach.backends.smtp import SMTPBackend
 from outreach.compose import build_email
-from outreach.context import client_context
+from outreach.context import client_context, load_history
 from outreach.daemon import make_clock
 from outreach.dispatcher import Dispatcher
 from outreach.models import (
@@ -418,7 +418,8 @@ def sample_bodies(
             found = first_of_kind.get(rule.event or "")
             if found is None or rule.template in bodies:
                 continue
-            context = client_context(conn, settings, rule, found.client_id, NOW, found.event_id)
+            history = load_history(conn, found.client_id)
+            context = client_context(settings, rule, history, NOW, found.event_id)
             bodies[rule.template] = (renderer.render(rule.template, context), f"B{found.client_id:06d}")
     if not bodies:
         raise BenchError("the practice has no milestone that any rule reacts to")
@@ -804,7 +805,10 @@ def measure_render(
     drawn = random.Random(3).sample(practice.triggered, min(samples, len(practice.triggered)))
     with store.read(engine) as conn:
         cases = [
-            (rule.template, client_context(conn, settings, rule, found.client_id, NOW, found.event_id))
+            (
+                rule.template,
+                client_context(settings, rule, load_history(conn, found.client_id), NOW, found.event_id),
+            )
             for found in drawn
             for rule in by_kind[found.kind]
         ]

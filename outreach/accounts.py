@@ -70,10 +70,12 @@ class Principal:
 
 @dataclass(frozen=True)
 class Login:
-    """A session just started: the cookie's key (never stored) and its CSRF token."""
+    """A session just started: the cookie's key (never stored) and who logged in.
+
+    The session's CSRF token is not here: each request reads it with the session (``Session``).
+    """
 
     key: str
-    csrf: str
     principal: Principal
 
 
@@ -224,7 +226,7 @@ def log_in(engine: Engine, email: str, password: str, now: datetime) -> Login:
         raise Locked(until)
     if user is None:
         raise LoginRefused("wrong email or password")
-    return Login(key, csrf, Principal(email, user.role, user.id))
+    return Login(key, Principal(email, user.role, user.id))
 
 
 def _password_matches(hashed: str | None, password: str) -> bool:

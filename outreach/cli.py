@@ -58,17 +58,9 @@ def refuse_undecodable(ctx: click.Context) -> None:
     for param in ctx.command.params:
         value = ctx.params.get(param.name)
         values = value if isinstance(value, tuple | list) else (value,)
-        if any(isinstance(item, str) and not _is_text(item) for item in values):
+        if any(isinstance(item, str) and not records.encodable(item) for item in values):
             name = max(param.opts, key=len) if isinstance(param, click.Option) else param.human_readable_name
             raise OutreachError(f"{name}: not valid UTF-8 text")
-
-
-def _is_text(value: str) -> bool:
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 class OutreachCommand(click.Command):

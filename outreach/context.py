@@ -225,6 +225,11 @@ class History:
     measurements: list  # by instrument, then date
 
 
+def load_history(conn: Connection, client_id: int) -> History:
+    """One client's history (``load_histories`` for many)."""
+    return load_histories(conn, [client_id])[client_id]
+
+
 def load_histories(conn: Connection, client_ids: list[int]) -> dict[int, History]:
     """Histories of many clients in four queries per chunk, not a dozen per email."""
     ids = sorted(set(client_ids))
@@ -251,23 +256,15 @@ def load_histories(conn: Connection, client_ids: list[int]) -> dict[int, History
 
 
 def client_context(
-    conn: Connection,
-    settings: Settings,
-    rule: Rule,
-    client_id: int,
-    now: datetime,
-    event_id: int | None = None,
-    history: History | None = None,
+    settings: Settings, rule: Rule, history: History, now: datetime, event_id: int | None = None
 ) -> dict:
-    """Everything a client-level template may use (from ``history`` when already loaded)."""
-    if history is None:
-        history = load_histories(conn, [client_id])[client_id]
+    """Everything a client-level template may use, from the client's ``history`` (``load_history``)."""
     client = history.client
     event = None
     if event_id is not None:
         event = next((e for e in history.events if e.id == event_id), None)
         if event is None:
-            raise LookupError(f"event {event_id} is not one of client {client_id}'s")
+            raise LookupError(f"event {event_id} is not one of client {client.id}'s")
     local_now = now.astimezone(settings.tz)
     view = client_view(client)
     assessments = _event_dates(history.events, settings)

@@ -209,9 +209,7 @@ def _make_digest(
         physician_id=doctor.id,
         recipient=doctor.email,
         recipient_name=display_name(doctor.name, doctor.credentials),
-        subject=rendered.subject,
-        html=rendered.html,
-        text=rendered.text,
+        rendered=rendered,
         status=PENDING,
         now=now,
         domain=settings.from_domain,
@@ -290,9 +288,7 @@ def _sections(
             rule = by_name.get(m.rule)
             if rule is None:
                 raise RenderError(f"message {m.id}: rule {m.rule} is no longer in the campaigns")
-            context = client_context(
-                conn, settings, rule, m.client_id, now, m.event_id, histories[m.client_id]
-            )
+            context = client_context(settings, rule, histories[m.client_id], now, m.event_id)
             section = renderer.render_section(rule.template, context, m.subject)
             sections.append(
                 {

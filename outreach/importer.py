@@ -328,6 +328,22 @@ class _Checker:
         """The audit line's action, subject and detail for a record saved on its own."""
         raise NotImplementedError
 
+    def client_row(self, values: dict[str, Any], key: tuple[str, ...], **renamed: str) -> dict[str, Any]:
+        """The stored row of ``table`` (a client's event or measure) with the unique ``key`` in ``values``.
+
+        Every column of the table, the client by ref (``client_ref``) rather
+        than by id, and a column named in ``renamed`` by its name there.
+        """
+        columns = [
+            clients.c.ref.label("client_ref")
+            if c.name == "client_id"
+            else c.label(renamed.get(c.name, c.name))
+            for c in self.table.c
+        ]
+        query = select(*columns).join(clients, clients.c.id == self.table.c.client_id)
+        found = query.where(*(self.table.c[name] == values[name] for name in key))
+        return dict(self.conn.execute(found).one()._mapping)
+
     def client_id(self, ref: str) -> int:
         found = self.conn.execute(select(clients.c.id).where(clients.c.ref == ref.strip())).scalar()
         if found is None:
@@ -434,20 +450,7 @@ class _Events(_Checker):
         return "created" if record_event(self.conn, now=self.now, **values) else "unchanged"
 
     def stored(self, values: dict[str, Any]) -> dict[str, Any]:
-        query = select(
-            events.c.id,
-            clients.c.ref.label("client_ref"),
-            events.c.kind,
-            events.c.occurred_at,
-            events.c.note,
-            events.c.created_at,
-        ).join(clients, clients.c.id == events.c.client_id)
-        found = query.where(
-            events.c.client_id == values["client_id"],
-            events.c.kind == values["kind"],
-            events.c.occurred_at == values["occurred_at"],
-        )
-        return dict(self.conn.execute(found).one()._mapping)
+        return self.client_row(values, ("client_id", "kind", "occurred_at"))
 
     def described(self, record: dict[str, Any]) -> tuple[str, str, str]:
         return (
@@ -472,20 +475,7 @@ class _Measures(_Checker):
         return record_measure(self.conn, now=self.now, **values)
 
     def stored(self, values: dict[str, Any]) -> dict[str, Any]:
-        query = select(
-            measurements.c.id,
-            clients.c.ref.label("client_ref"),
-            measurements.c.instrument,
-            measurements.c.score,
-            measurements.c.measured_on.label("measured_at"),
-            measurements.c.created_at,
-        ).join(clients, clients.c.id == measurements.c.client_id)
-        found = query.where(
-            measurements.c.client_id == values["client_id"],
-            measurements.c.instrument == values["instrument"],
-            measurements.c.measured_on == values["measured_on"],
-        )
-        return dict(self.conn.execute(found).one()._mapping)
+        return self.client_row(values, ("client_id", "instrument", "measured_on"), measured_on="measured_at")
 
     def described(self, record: dict[str, Any]) -> tuple[str, str, str]:
         what = f"{record['instrument']} {record['score']:g} on {record['measured_at']}"

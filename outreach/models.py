@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from sqlalchemy import (
     Boolean,
@@ -29,6 +30,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator
+
+if TYPE_CHECKING:
+    from outreach.renderer import Rendered
 
 # --- vocabularies -----------------------------------------------------------
 
@@ -134,11 +138,35 @@ class UTCDateTime(TypeDecorator):
 
 metadata = MetaData()
 
+
+# Columns that mean the same in every table that has them.
+def _id() -> Column[int]:
+    return Column("id", Integer, primary_key=True)
+
+
+def _created_at() -> Column[datetime]:
+    return Column("created_at", UTCDateTime, nullable=False)
+
+
+def _updated_at() -> Column[datetime]:
+    return Column("updated_at", UTCDateTime, nullable=False)
+
+
+def _email() -> Column[str]:
+    """A person's address, the key they are known by (254: the longest an address can be)."""
+    return Column("email", String(254), nullable=False, unique=True)
+
+
+def _role() -> Column[str]:
+    """One of ``USER_ROLES``: what a user or an API token may do."""
+    return Column("role", String(10), nullable=False)
+
+
 physicians = Table(
     "physicians",
     metadata,
-    Column("id", Integer, primary_key=True),
-    Column("email", String(254), nullable=False, unique=True),
+    _id(),
+    _email(),
     Column("name", String(200), nullable=False),
     Column("credentials", String(100), nullable=False, default=""),
     Column("specialty", String(200), nullable=False, default=""),
@@ -152,14 +180,14 @@ physicians = Table(
     # Refused as nonexistent by a mail server (SMTP 5.1.x): nothing more goes there until cleared.
     Column("undeliverable_on", Date, nullable=True),
     Column("undeliverable_reason", Text, nullable=True),
-    Column("created_at", UTCDateTime, nullable=False),
-    Column("updated_at", UTCDateTime, nullable=False),
+    _created_at(),
+    _updated_at(),
 )
 
 clients = Table(
     "clients",
     metadata,
-    Column("id", Integer, primary_key=True),
+    _id(),
     Column("ref", String(64), nullable=False, unique=True),
     Column("first_name", String(100), nullable=False),
     Column("last_name", String(100), nullable=False),
@@ -174,20 +202,20 @@ clients = Table(
     Column("status", String(20), nullable=False, default="referred"),
     Column("plan", Text, nullable=False, default=""),
     Column("next_reassessment", Date, nullable=True),
-    Column("created_at", UTCDateTime, nullable=False),
-    Column("updated_at", UTCDateTime, nullable=False),
+    _created_at(),
+    _updated_at(),
     Index("ix_clients_status", "status"),
 )
 
 events = Table(
     "events",
     metadata,
-    Column("id", Integer, primary_key=True),
+    _id(),
     Column("client_id", Integer, ForeignKey("clients.id"), nullable=False),
     Column("kind", String(40), nullable=False),
     Column("occurred_at", UTCDateTime, nullable=False),
     Column("note", Text, nullable=False, default=""),
-    Column("created_at", UTCDateTime, nullable=False),
+    _created_at(),
     UniqueConstraint("client_id", "kind", "occurred_at", name="uq_events_client_kind_time"),
     Index("ix_events_kind_time", "kind", "occurred_at"),
 )
@@ -195,19 +223,19 @@ events = Table(
 measurements = Table(
     "measurements",
     metadata,
-    Column("id", Integer, primary_key=True),
+    _id(),
     Column("client_id", Integer, ForeignKey("clients.id"), nullable=False),
     Column("instrument", String(40), nullable=False),
     Column("score", Float, nullable=False),
     Column("measured_on", Date, nullable=False),
-    Column("created_at", UTCDateTime, nullable=False),
+    _created_at(),
     UniqueConstraint("client_id", "instrument", "measured_on", name="uq_measurements_day"),
 )
 
 messages = Table(
     "messages",
     metadata,
-    Column("id", Integer, primary_key=True),
+    _id(),
     Column("rule", String(100), nullable=False),
     Column("template", String(100), nullable=False),
     Column("dedupe_key", String(255), nullable=False, unique=True),
@@ -233,8 +261,8 @@ messages = Table(
     Column("event_id", Integer, ForeignKey("events.id"), nullable=True),
     Column("message_id", String(255), nullable=False, unique=True),
     Column("smtp_response", Text, nullable=True),
-    Column("created_at", UTCDateTime, nullable=False),
-    Column("updated_at", UTCDateTime, nullable=False),
+    _created_at(),
+    _updated_at(),
     Column("sent_at", UTCDateTime, nullable=True),
     Index("ix_messages_queue", "status", "next_attempt_at"),
     # A client's messages; with template, status and date the planner's "sent
@@ -261,7 +289,7 @@ message_bodies = Table(
 message_events = Table(
     "message_events",
     metadata,
-    Column("id", Integer, primary_key=True),
+    _id(),
     Column("message_id", Integer, ForeignKey("messages.id"), nullable=False, index=True),
     Column("at", UTCDateTime, nullable=False),
     Column("action", String(20), nullable=False),
@@ -286,7 +314,7 @@ workers = Table(
 audit = Table(
     "audit",
     metadata,
-    Column("id", Integer, primary_key=True),
+    _id(),
     Column("at", UTCDateTime, nullable=False),
     Column("actor", String(100), nullable=False),
     Column("action", String(40), nullable=False),
@@ -304,11 +332,11 @@ USER_ROLES = ("viewer", "staff", "admin")  # each may do all that the ones befor
 users = Table(
     "users",
     metadata,
-    Column("id", Integer, primary_key=True),
-    Column("email", String(254), nullable=False, unique=True),
-    Column("role", String(10), nullable=False),
+    _id(),
+    _email(),
+    _role(),
     Column("password_hash", String(200), nullable=False),
-    Column("created_at", UTCDateTime, nullable=False),
+    _created_at(),
     Column("disabled_at", UTCDateTime, nullable=True),
 )
 
@@ -316,12 +344,12 @@ users = Table(
 web_sessions = Table(
     "web_sessions",
     metadata,
-    Column("id", Integer, primary_key=True),
+    _id(),
     Column("key_hash", String(64), nullable=False, unique=True),
     Column("user_id", Integer, ForeignKey("users.id"), nullable=False),
     Column("csrf", String(64), nullable=False),
     Column("address", String(64), nullable=True),
-    Column("created_at", UTCDateTime, nullable=False),
+    _created_at(),
     Column("seen_at", UTCDateTime, nullable=False),
     Column("ended_at", UTCDateTime, nullable=True),
 )
@@ -329,11 +357,11 @@ web_sessions = Table(
 api_tokens = Table(
     "api_tokens",
     metadata,
-    Column("id", Integer, primary_key=True),
+    _id(),
     Column("name", String(100), nullable=False, unique=True),
     Column("token_hash", String(64), nullable=False, unique=True),
-    Column("role", String(10), nullable=False),
-    Column("created_at", UTCDateTime, nullable=False),
+    _role(),
+    _created_at(),
     Column("last_used_at", UTCDateTime, nullable=True),
     Column("revoked_at", UTCDateTime, nullable=True),
 )
@@ -344,7 +372,7 @@ secrets_table = Table(
     metadata,
     Column("name", String(64), primary_key=True),
     Column("value", String(200), nullable=False),
-    Column("created_at", UTCDateTime, nullable=False),
+    _created_at(),
 )
 
 
@@ -359,9 +387,7 @@ def outbox_row(
     physician_id: int,
     recipient: str,
     recipient_name: str,
-    subject: str,
-    html: str,
-    text: str,
+    rendered: Rendered,
     status: str,
     now: datetime,
     domain: str,
@@ -371,7 +397,7 @@ def outbox_row(
     reason: str | None = None,
     last_error: str | None = None,
 ) -> dict:
-    """A new message's ``messages`` columns and its body (``html``, ``text``), for ``outbox.insert_messages``.
+    """A new message's ``messages`` columns and its body (``rendered``), for ``outbox.insert_messages``.
 
     The one builder for every message queued (the planner's and the
     digest's), so each starts alike: no attempts, due now when pending, a
@@ -386,9 +412,9 @@ def outbox_row(
         "physician_id": physician_id,
         "recipient": recipient,
         "recipient_name": recipient_name,
-        "subject": subject,
-        "html": html,
-        "text": text,
+        "subject": rendered.subject,
+        "html": rendered.html,
+        "text": rendered.text,
         "kind": kind,
         "needs_consent": needs_consent,
         "priority": priority,

@@ -41,6 +41,7 @@ from outreach.context import (
     client_context,
     display_name,
     load_histories,
+    load_history,
     physician_context,
 )
 from outreach.digest import BatchReport, batch, regroup
@@ -388,7 +389,8 @@ def _render_draft(
     history: History | None = None,
 ) -> Rendered:
     if draft.client_id is not None:
-        context = client_context(conn, settings, draft.rule, draft.client_id, now, draft.event_id, history)
+        history = history or load_history(conn, draft.client_id)
+        context = client_context(settings, draft.rule, history, now, draft.event_id)
     else:
         assert draft.period is not None  # a physician's summary is for a calendar period
         context = physician_context(conn, settings, draft.rule, draft.to.physician_id, now, draft.period)
@@ -477,9 +479,7 @@ def _message_row(
         physician_id=draft.to.physician_id,
         recipient=draft.to.email,
         recipient_name=draft.to.name,
-        subject=rendered.subject,
-        html=rendered.html,
-        text=rendered.text,
+        rendered=rendered,
         status=status,
         now=now,
         domain=settings.from_domain,
@@ -625,7 +625,7 @@ def preview(
                 ).scalar()
                 if event_id is None:
                     raise NotFound(f"client {client_ref} has no {rule.event} event to report on")
-            context = client_context(conn, settings, rule, client.id, now, event_id)
+            context = client_context(settings, rule, load_history(conn, client.id), now, event_id)
     return renderer.render(rule.template, context)
 
 
@@ -708,7 +708,7 @@ def _revive(
     """Render a consent-suppressed message afresh and queue it."""
     try:
         with store.read(engine) as conn:
-            context = client_context(conn, settings, rule, row.client_id, now, row.event_id)
+            context = client_context(settings, rule, load_history(conn, row.client_id), now, row.event_id)
         rendered = renderer.render(rule.template, context)
     except RenderError as exc:
         log.error("message %s could not be rendered again: %s", row.id, exc)

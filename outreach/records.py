@@ -72,6 +72,19 @@ class RowError(OutreachError, ValueError):
 TEXT_LIMIT = 64 * 1024
 
 
+def encodable(text: str) -> bool:
+    """False for text with a lone surrogate, which no database can store.
+
+    Such text comes from bytes that are not UTF-8 (a command-line argument on
+    Linux reaches Python as surrogate escapes) or from a JSON escape (``"\\ud800"``).
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def single_line(value: str, column: str) -> str:
     if any(ch in value for ch in "\r\n\x00"):
         raise RowError(f"{column}: must be a single line (found a line break)")
@@ -611,6 +624,20 @@ def _check_cancelled(conn: Connection, ids: list[int]) -> None:
 
 RESEND_MARK = "~resend:"  # a resend's dedupe key: the original's, this, and the resend's own id
 WHY_LIMIT = 500  # characters of a reason for resending: a sentence, not a letter
+# What a resend keeps of the message it copies, besides its words; the rest is its own
+# (dedupe key, status, Message-ID, attempts and times).
+RESEND_KEEPS = (
+    "rule",
+    "template",
+    "kind",
+    "physician_id",
+    "recipient",
+    "recipient_name",
+    "client_id",
+    "event_id",
+    "needs_consent",
+    "priority",
+)
 
 
 def resend(engine: Engine, message_id: int, now: datetime, actor: str | None = None, why: str = "") -> int:
@@ -626,6 +653,7 @@ def resend(engine: Engine, message_id: int, now: datetime, actor: str | None = N
 
     from outreach.models import SENT, outbox_row
     from outreach.outbox import insert_message, with_body
+    from outreach.renderer import Rendered
 
     why = single_line(why, "why")
     if len(why) > WHY_LIMIT:
@@ -648,23 +676,12 @@ def resend(engine: Engine, message_id: int, now: datetime, actor: str | None = N
             raise OutreachError(f"message {message_id} has no stored body to send again")
         domain = row.message_id.strip("<>").rpartition("@")[2] or "localhost"
         copy = outbox_row(
-            rule=row.rule,
-            template=row.template,
+            **{column: getattr(row, column) for column in RESEND_KEEPS},
             dedupe_key=f"resend:{uuid.uuid4().hex}",  # until the new id is known
-            kind=row.kind,
-            physician_id=row.physician_id,
-            recipient=row.recipient,
-            recipient_name=row.recipient_name,
-            subject=row.subject,
-            html=row.html,
-            text=row.text,
+            rendered=Rendered(row.subject, row.html, row.text),
             status=PENDING,
             now=now,
             domain=domain,
-            client_id=row.client_id,
-            event_id=row.event_id,
-            needs_consent=row.needs_consent,
-            priority=row.priority,
         )
         new_id = insert_message(conn, copy)
         if new_id is None:  # a random key taken: cannot happen, but never a silent nothing

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import ColumnElement, Connection, exists, select, update
 
-from outreach.context import MIN_COHORT, Period, client_context, physician_context
+from outreach.context import MIN_COHORT, Period, client_context, load_history, physician_context
 from outreach.errors import OutreachError, RenderError
 from outreach.models import (
     DEIDENTIFICATION,
@@ -127,7 +127,8 @@ class Rerenderer:
             if context["cohort"]["size"] < MIN_COHORT:  # as the planner decides it
                 suppress = f"fewer than {MIN_COHORT} clients: the summary could identify them"
         else:
-            context = client_context(conn, self.settings, rule, row.client_id, now, row.event_id)
+            history = load_history(conn, row.client_id)
+            context = client_context(self.settings, rule, history, now, row.event_id)
         rendered = self.renderer.render(rule.template, context)
         not_before, held = None, ""
         if rule.priority == PRIORITIES["normal"] and suppress is None:

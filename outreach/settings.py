@@ -10,11 +10,11 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from importlib.resources import files
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlalchemy.engine import make_url
@@ -22,6 +22,8 @@ from sqlalchemy.exc import ArgumentError
 
 from outreach.errors import SettingsError
 from outreach.windows import parse_window
+
+T = TypeVar("T")
 
 BACKENDS = ("smtp", "file", "console")
 SECURITY_MODES = ("starttls", "ssl", "none")
@@ -219,6 +221,83 @@ def default_dir(relative: str) -> Path:
     return SHIPPED / relative
 
 
+# --- what a setting's text may be: each reads it, or raises ValueError saying what is wrong ---
+
+
+def _as(convert: Callable[[str], T], value: str, problem: str, *refused: type[Exception]) -> T:
+    """``convert(value)``, or ``ValueError(problem)`` where it refuses (``ValueError`` or ``refused``)."""
+    caught: tuple[type[Exception], ...] = (ValueError, *refused)
+    try:
+        return convert(value)
+    except caught:
+        raise ValueError(problem) from None
+
+
+def _single_line(value: str) -> str:
+    if any(ch in value for ch in "\r\n"):
+        raise ValueError("must be a single line")
+    return value
+
+
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+def _true_or_false(value: str) -> bool:
+    lowered = value.lower()
+    if lowered not in _TRUE + _FALSE:
+        raise ValueError(f"{value!r} is not true or false")
+    return lowered in _TRUE
+
+
+def _ip_addresses(value: str) -> tuple[str, ...]:
+    items = (part.strip() for part in value.split(","))
+    return tuple(
+        str(_as(ipaddress.ip_address, item, f"{item!r} is not an IP address (e.g. 127.0.0.1)"))
+        for item in items
+    )
+
+
+def _database_url(value: str) -> str:
+    url = _as(make_url, value, "is not a database URL like sqlite:///outreach.db", ArgumentError)
+    if url.get_backend_name() not in ("sqlite", "postgresql"):
+        raise ValueError(f"database {url.get_backend_name()!r} is not supported")
+    return value
+
+
+def _email(value: str) -> str:
+    problem = address_problem(value)
+    if problem:
+        raise ValueError(problem)
+    return value
+
+
+def _sender(value: str) -> dict[str, str]:
+    name, address = parse_mailbox(_single_line(value))
+    return {"from_addr": address, "from_name": name}
+
+
+def _time_zone(value: str) -> str:
+    _as(ZoneInfo, value, f"{value!r} is not an IANA time zone", ZoneInfoNotFoundError)
+    return value
+
+
+def _send_window(value: str) -> str:
+    parse_window(value)
+    return value
+
+
+def _existing(what: str) -> Callable[[str], Path]:
+    """A path to an existing ``what``: a "folder" or a "file"."""
+
+    def existing(value: str) -> Path:
+        path = Path(value)
+        if not (path.is_dir() if what == "folder" else path.is_file()):
+            raise ValueError(f"{what} {value!r} does not exist")
+        return path
+
+    return existing
+
+
 class _Reader:
     """Turns raw strings into typed values; each error names its key."""
 
@@ -234,143 +313,79 @@ class _Reader:
     def fail(self, key: str, problem: str) -> SettingsError:
         return SettingsError(f"OUTREACH_{key}: {problem}")
 
-    def text(self, key: str, default: str) -> str:
+    def read(self, key: str, default: T, convert: Callable[[str], T]) -> T:
+        """The setting as ``convert`` reads it, or ``default`` when it is not set (or blank).
+
+        ``convert`` raises ``ValueError`` saying what is wrong with the text;
+        the ``SettingsError`` raised instead names the key.
+        """
         value = self.raw(key)
         if value is None:
             return default
-        if any(ch in value for ch in "\r\n"):
-            raise self.fail(key, "must be a single line")
-        return value
+        try:
+            return convert(value)
+        except ValueError as exc:
+            raise self.fail(key, str(exc)) from None
+
+    def text(self, key: str, default: str) -> str:
+        return self.read(key, default, _single_line)
 
     def choice(self, key: str, default: str, allowed: tuple[str, ...], upper: bool = False) -> str:
-        value = self.raw(key)
-        if value is None:
-            return default
-        value = value.upper() if upper else value.lower()
-        if value not in allowed:
-            raise self.fail(key, f"{value!r} is not one of {', '.join(allowed)}")
-        return value
+        def chosen(value: str) -> str:
+            value = value.upper() if upper else value.lower()
+            if value not in allowed:
+                raise ValueError(f"{value!r} is not one of {', '.join(allowed)}")
+            return value
+
+        return self.read(key, default, chosen)
 
     def integer(self, key: str, default: int, low: int = 0, high: int | None = None) -> int:
-        value = self.raw(key)
-        if value is None:
-            return default
-        try:
-            number = int(value)
-        except ValueError:
-            raise self.fail(key, f"{value!r} is not a whole number") from None
-        if number < low or (high is not None and number > high):
-            upper = f" and {high}" if high is not None else ""
-            raise self.fail(key, f"{number} is out of range (between {low}{upper})")
-        return number
+        def whole(value: str) -> int:
+            number = _as(int, value, f"{value!r} is not a whole number")
+            if number < low or (high is not None and number > high):
+                upper = f" and {high}" if high is not None else ""
+                raise ValueError(f"{number} is out of range (between {low}{upper})")
+            return number
+
+        return self.read(key, default, whole)
 
     def number(self, key: str, default: float, most: float = 600) -> float:
-        value = self.raw(key)
-        if value is None:
-            return default
-        try:
-            number = float(value)
-        except ValueError:
-            raise self.fail(key, f"{value!r} is not a number of seconds") from None
-        if not 0 < number <= most:
-            raise self.fail(key, f"{value} is out of range (0 to {most:g} seconds)")
-        return number
+        def seconds(value: str) -> float:
+            number = _as(float, value, f"{value!r} is not a number of seconds")
+            if not 0 < number <= most:
+                raise ValueError(f"{value} is out of range (0 to {most:g} seconds)")
+            return number
+
+        return self.read(key, default, seconds)
 
     def boolean(self, key: str, default: bool) -> bool:
-        value = self.raw(key)
-        if value is None:
-            return default
-        lowered = value.lower()
-        if lowered in ("1", "true", "yes", "on"):
-            return True
-        if lowered in ("0", "false", "no", "off"):
-            return False
-        raise self.fail(key, f"{value!r} is not true or false")
+        return self.read(key, default, _true_or_false)
 
     def addresses(self, key: str) -> tuple[str, ...]:
         """A comma-separated list of IP addresses (the proxies trusted to say who the client is)."""
-        value = self.raw(key)
-        if value is None:
-            return ()
-        found = []
-        for item in (part.strip() for part in value.split(",")):
-            try:
-                found.append(str(ipaddress.ip_address(item)))
-            except ValueError:
-                raise self.fail(key, f"{item!r} is not an IP address (e.g. 127.0.0.1)") from None
-        return tuple(found)
+        return self.read(key, (), _ip_addresses)
 
     def url(self, key: str, default: str) -> str:
-        value = self.raw(key)
-        if value is None:
-            return default
-        try:
-            url = make_url(value)
-        except (ArgumentError, ValueError):
-            raise self.fail(key, "is not a database URL like sqlite:///outreach.db") from None
-        if url.get_backend_name() not in ("sqlite", "postgresql"):
-            raise self.fail(key, f"database {url.get_backend_name()!r} is not supported")
-        return value
+        return self.read(key, default, _database_url)
 
     def email(self, key: str, default: str) -> str:
-        value = self.raw(key)
-        if value is None:
-            return default
-        problem = address_problem(value)
-        if problem:
-            raise self.fail(key, problem)
-        return value
+        return self.read(key, default, _email)
 
     def sender(self, key: str, default: str) -> dict[str, str]:
         """``from_addr`` (the bare address) and ``from_name`` from ``address`` or ``Name <address>``."""
-        value = self.raw(key)
-        if value is None:
-            return {"from_addr": default, "from_name": ""}
-        if any(ch in value for ch in "\r\n"):
-            raise self.fail(key, "must be a single line")
-        try:
-            name, address = parse_mailbox(value)
-        except ValueError as exc:
-            raise self.fail(key, str(exc)) from None
-        return {"from_addr": address, "from_name": name}
+        return self.read(key, {"from_addr": default, "from_name": ""}, _sender)
 
     def timezone(self, key: str, default: str) -> str:
-        value = self.raw(key)
-        if value is None:
-            return default
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise self.fail(key, f"{value!r} is not an IANA time zone") from None
-        return value
+        return self.read(key, default, _time_zone)
 
     def window(self, key: str, default: str) -> str:
-        value = self.raw(key)
-        if value is None:
-            return default
-        try:
-            parse_window(value)
-        except ValueError as exc:
-            raise self.fail(key, str(exc)) from None
-        return value
+        return self.read(key, default, _send_window)
 
     def directory(self, key: str, default: str) -> Path:
-        value = self.raw(key)
-        if value is None:
-            return default_dir(default)
-        path = Path(value)
-        if not path.is_dir():
-            raise self.fail(key, f"folder {value!r} does not exist")
-        return path
+        return self.read(key, default_dir(default), _existing("folder"))
 
     def optional_file(self, key: str) -> Path | None:
-        value = self.raw(key)
-        if value is None:
-            return None
-        path = Path(value)
-        if not path.is_file():
-            raise self.fail(key, f"file {value!r} does not exist")
-        return path
+        return self.read(key, None, _existing("file"))
 
     def ca_file(self, key: str) -> Path | None:
         """A file of PEM certificates, loaded now as sending will load it: junk fails here, not at send."""

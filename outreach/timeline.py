@@ -8,9 +8,9 @@ a practice keeps years of sessions, measures and messages.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import date, datetime, time
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import Connection, func, or_, select
@@ -19,6 +19,11 @@ from outreach.consent import consent_problem
 from outreach.errors import NotFound
 from outreach.instruments import INSTRUMENTS, Instrument, Outcome, format_score, lookup
 from outreach.models import CLIENT_STATUSES, clients, events, measurements, messages, physicians
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+T = TypeVar("T", bound="DataclassInstance")
 
 LIST_LIMIT = 100  # clients a search shows at most
 TIMELINE_LIMIT = 300  # entries of the timeline shown at most (the newest)
@@ -49,6 +54,12 @@ def _consent(row: Any, today: date) -> Consent:
     """The one consent rule (``outreach.consent``), applied to a client row."""
     problem = consent_problem(row.consent_date, row.consent_expires, row.consent_revoked_on, today)
     return Consent(row.consent_date, row.consent_expires, row.consent_revoked_on, problem)
+
+
+def _from_row(kind: type[T], row: Any, **worked_out: Any) -> T:
+    """A ``kind`` (a dataclass) from a row holding its fields by the same names; ``worked_out`` the rest."""
+    given = {f.name: getattr(row, f.name) for f in fields(kind) if f.name not in worked_out}
+    return kind(**given, **worked_out)
 
 
 @dataclass(frozen=True)
@@ -118,13 +129,9 @@ def find_clients(
     latest = _last_events(conn, [row.id for row in shown])
     return Found(
         [
-            ClientRow(
-                ref=row.ref,
-                first_name=row.first_name,
-                last_name=row.last_name,
-                status=row.status,
-                physician_name=row.physician_name,
-                physician_email=row.physician_email,
+            _from_row(
+                ClientRow,
+                row,
                 consent=_consent(row, today),
                 last_event_kind=latest[row.id][0] if row.id in latest else None,
                 last_event_at=latest[row.id][1] if row.id in latest else None,
@@ -199,24 +206,7 @@ def client_record(conn: Connection, ref: str, today: date) -> ClientRecord:
     ).first()
     if row is None:
         raise NotFound(f"no client with ref {ref!r}")
-    return ClientRecord(
-        id=row.id,
-        ref=row.ref,
-        first_name=row.first_name,
-        last_name=row.last_name,
-        status=row.status,
-        referral_date=row.referral_date,
-        diagnosis=row.diagnosis,
-        precautions=row.precautions,
-        goals=row.goals,
-        plan=row.plan,
-        next_reassessment=row.next_reassessment,
-        physician_name=row.physician_name,
-        physician_credentials=row.physician_credentials,
-        physician_email=row.physician_email,
-        physician_clinic=row.physician_clinic,
-        consent=_consent(row, today),
-    )
+    return _from_row(ClientRecord, row, consent=_consent(row, today))
 
 
 EntryKind = Literal["event", "measure", "message"]

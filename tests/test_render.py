@@ -149,7 +149,7 @@ def test_outcome_interpretation(code, baseline, latest, expected):
 
 def test_cached_inlining_is_identical_to_premailer_for_every_template_and_demo_client(demo_engine, settings):
     """Inlining once per document shape gives byte for byte what premailer gives per message."""
-    from outreach.context import client_context
+    from outreach.context import client_context, load_history
     from outreach.renderer import inline_css
 
     renderer = Renderer(settings.templates_dir)
@@ -160,7 +160,8 @@ def test_cached_inlining_is_identical_to_premailer_for_every_template_and_demo_c
             if rule.scope != "client":
                 continue
             for client_id in ids:
-                context = {**client_context(conn, settings, rule, client_id, NOW), "section_only": False}
+                history = load_history(conn, client_id)
+                context = {**client_context(settings, rule, history, NOW), "section_only": False}
                 raw = renderer.env.get_template(f"{rule.template}/body.html").render(context)
                 for _ in range(2):  # the first learns the shape, the second replays it
                     assert renderer.inline(raw) == inline_css(raw), (rule.name, client_id)

@@ -219,3 +219,65 @@ def test_a_disabled_user_is_logged_out_at_once(console):
     again.get("/login")
     response = again.post("/login", {"email": "leaver@practice.example", "password": PASSWORD})
     assert response.status_code == 401
+
+
+HOSTILE = "<script>alert(1)</script>"
+TEMPLATE = "{{ 7*7 }}"
+
+
+def _hostile_practice(engine) -> dict[str, str]:
+    """A physician, a client, a note and a message whose every text is markup or a template."""
+    from outreach import records
+    from outreach.models import SENT, clients, physicians
+    from tests.factories import queue_message
+
+    with store.write(engine) as conn:
+        records.save_physician(
+            conn, {"email": "x@clinic.example", "name": HOSTILE, "clinic": TEMPLATE, "credentials": ""}, NOW
+        )
+        doctor = conn.execute(
+            select(physicians.c.id).where(physicians.c.email == "x@clinic.example")
+        ).scalar()
+        values = {"ref": "C-666", "first_name": HOSTILE, "last_name": TEMPLATE, "physician_id": doctor}
+        records.save_client(conn, {**values, "status": "active", "diagnosis": TEMPLATE}, NOW)
+        client = conn.execute(select(clients.c.id).where(clients.c.ref == "C-666")).scalar()
+    records.add_event(engine, "C-666", "referral_received", NOW - timedelta(hours=1), NOW, note=TEMPLATE)
+    message = queue_message(
+        engine,
+        subject=f"Update {HOSTILE} {TEMPLATE}",
+        recipient_name=HOSTILE,
+        recipient="x@clinic.example",
+        physician_id=doctor,
+        client_id=client,
+        text=f"{HOSTILE}\n{TEMPLATE}\n",
+        status=SENT,
+        sent_at=NOW,
+    )
+    return {"message_id": str(message), "ref": "C-666", "email": "x@clinic.example"}
+
+
+def test_markup_and_templates_in_the_data_are_shown_literally_on_every_page(demo_console):
+    args = _hostile_practice(demo_console.engine)
+    browser = demo_console.login("admin")
+    urls = []
+    for rule in demo_console.app.url_map.iter_rules():
+        if "GET" not in rule.methods or rule.endpoint in OPEN or rule.rule.startswith("/api/"):
+            continue
+        if rule.endpoint in ("log.message_html", "preview.preview_html"):
+            continue  # the email's own HTML, served under the email policy (its own test)
+        urls.append(re.sub(r"<(?:[^:>]+:)?([^>]+)>", lambda m: args[m.group(1)], rule.rule))
+    urls += ["/?client=C-666", "/clients?q=script", "/preview?rule=referral_acknowledgement&client=C-666"]
+    assert len(urls) >= 12
+    shown = 0
+    for url in urls:
+        response = browser.get(url)
+        assert response.status_code in (200, 409), url
+        if response.mimetype != "text/html":
+            continue  # the CSV export: data as text, with its own formula guard
+        page = response.get_data(as_text=True)
+        assert HOSTILE not in page, url
+        assert "alert(1)" not in page.replace("&lt;script&gt;alert(1)&lt;/script&gt;", ""), url
+        shown += "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert shown >= 5  # the name is on the log, the message, the client, the physician, the clients list ...
+    client_page = browser.get("/clients/C-666").get_data(as_text=True)
+    assert TEMPLATE in client_page and ">49<" not in client_page

@@ -15,6 +15,7 @@ import json
 import math
 from dataclasses import asdict, replace
 from datetime import date, datetime
+from functools import partial
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
@@ -22,7 +23,8 @@ from werkzeug.datastructures import MultiDict
 
 from outreach import importer, loops, review, status, store
 from outreach.errors import NotFound
-from outreach.records import RowError, parse_date
+from outreach.models import IMPORT_KINDS
+from outreach.records import RowError, encodable, parse_date
 from outreach.review import FIRST_DAY, LAST_DAY
 from outreach.web import openapi
 from outreach.web.security import audit, engine, need, now, principal, settings
@@ -103,7 +105,7 @@ def request_fields() -> dict[str, str]:
         elif isinstance(value, bool) or not isinstance(value, str | int | float):
             problems.append((name, f"must be text or a number, not {_json_type(value)}"))
         elif isinstance(value, str):
-            if not _encodable(value) or not _encodable(name):
+            if not encodable(value) or not encodable(name):
                 problems.append((name, "is not valid Unicode text (a lone surrogate)"))
             elif "\x00" in value:
                 problems.append((name, "contains a NUL character"))
@@ -115,15 +117,6 @@ def request_fields() -> dict[str, str]:
     if problems:
         raise Refused(problems)
     return fields
-
-
-def _encodable(text: str) -> bool:
-    """False for text with a lone surrogate (JSON can escape one), which no database can store."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def _number_text(value: int | float) -> str:
@@ -161,32 +154,12 @@ def save(kind: str) -> Response:
     return reply(record, 201 if outcome == "created" else 200)
 
 
-@bp.post("/physicians")
-@need("staff")
-def physicians() -> Response:
-    """A referring physician, created or updated by email."""
-    return save("physicians")
-
-
-@bp.post("/clients")
-@need("staff")
-def clients() -> Response:
-    """A client, created or updated by ref (a known physician's email names who referred them)."""
-    return save("clients")
-
-
-@bp.post("/events")
-@need("staff")
-def events() -> Response:
-    """A milestone in a client's care, recorded once."""
-    return save("events")
-
-
-@bp.post("/measures")
-@need("staff")
-def measures() -> Response:
-    """An outcome measure's score; a second for the same instrument and day replaces the first."""
-    return save("measures")
+# A POST route for each kind of record the CSV import reads, its endpoint named by the kind
+# (``api.physicians``): a physician is created or updated by email, a client by ref (a known
+# physician's email names who referred them); an event (a milestone in a client's care) is
+# recorded once; a second score for the same instrument and day replaces the first.
+for _kind in IMPORT_KINDS:
+    bp.add_url_rule(f"/{_kind}", _kind, need("staff")(partial(save, _kind)), methods=["POST"])
 
 
 # --- reads -----------------------------------------------------------------------------

@@ -10,7 +10,9 @@ what was typed kept).
 
 from __future__ import annotations
 
-from datetime import date, datetime
+from collections.abc import Callable
+from datetime import datetime
+from functools import wraps
 
 from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
 from werkzeug.wrappers import Response
@@ -18,9 +20,9 @@ from werkzeug.wrappers import Response
 from outreach import records, store, timeline
 from outreach.errors import NotFound
 from outreach.instruments import INSTRUMENTS
-from outreach.models import CLIENT_STATUSES, EVENT_KINDS, aware
+from outreach.models import CLIENT_STATUSES, EVENT_KINDS
 from outreach.web import charts
-from outreach.web.security import audit, engine, need, now, principal, settings
+from outreach.web.security import audit, engine, local, need, now, principal, settings, today
 
 bp = Blueprint("clients", __name__)
 
@@ -44,18 +46,6 @@ FORMS = {
 }
 
 
-def local(moment: datetime | None) -> str:
-    """A stored time as the practice reads it: its own time zone, YYYY-MM-DD HH:MM."""
-    if moment is None:
-        return ""
-    return aware(moment).astimezone(settings().tz).strftime("%Y-%m-%d %H:%M")
-
-
-def _today() -> date:
-    """The practice's calendar day now (as the CLI's default day)."""
-    return now().astimezone(settings().tz).date()
-
-
 @bp.route("/clients")
 def index() -> str:
     """Find a client by ref or name, and by status; each row links to the client's page."""
@@ -64,10 +54,10 @@ def index() -> str:
     error = None
     with store.read(engine()) as conn:
         try:
-            found = timeline.find_clients(conn, _today(), q, status or None)
+            found = timeline.find_clients(conn, today(), q, status or None)
         except NotFound as exc:  # an unknown status: say so, and search without it
             error, status = str(exc), ""
-            found = timeline.find_clients(conn, _today(), q)
+            found = timeline.find_clients(conn, today(), q)
     audit("view clients", "client list", f"q={q} status={status}")
     return render_template(
         "clients.html",
@@ -90,11 +80,11 @@ def client(ref: str) -> tuple[str, int]:
 def _blank_forms() -> dict[str, dict[str, str]]:
     """The forms as a page first shows them: now, today, nothing chosen."""
     moment = now().astimezone(settings().tz)
-    today = moment.date().isoformat()
+    day = moment.date().isoformat()
     return {
         "event": {"kind": "", "occurred_at": moment.strftime("%Y-%m-%dT%H:%M"), "note": ""},
-        "measure": {"instrument": "", "score": "", "measured_at": today},
-        "consent": {"on": today, "expires": ""},
+        "measure": {"instrument": "", "score": "", "measured_at": day},
+        "consent": {"on": day, "expires": ""},
     }
 
 
@@ -104,7 +94,7 @@ def _page(
     """The client's page; after a refused form, that form with its error and what was typed."""
     with store.read(engine()) as conn:
         try:
-            record = timeline.client_record(conn, ref, _today())
+            record = timeline.client_record(conn, ref, today())
         except NotFound as exc:
             abort(404, str(exc))
         entries = timeline.timeline(conn, record.id, settings().tz)
@@ -155,93 +145,103 @@ def _back(ref: str, notice: str) -> Response:
     return redirect(url_for("clients.client", ref=ref))
 
 
-@bp.route("/clients/<ref>/events", methods=["POST"])
-@need("staff")
-def add_event(ref: str) -> Response | tuple[str, int]:
+# A form's POST for the client ``ref`` at ``moment``: what it recorded, in a sentence.
+Recording = Callable[[str, datetime], str]
+
+
+def _form_post(path: str, form: str) -> Callable[[Recording], Callable[[str], Response | tuple[str, int]]]:
+    """The staff's POST of the client page's ``form``, at ``path``.
+
+    The view records what the form says, as of one moment, and returns the
+    notice shown back on the client's page. A bad value (``RowError``) shows
+    the page again with the form's error, what was typed kept (422); an
+    unknown client is 404.
+    """
+
+    def register(record: Recording) -> Callable[[str], Response | tuple[str, int]]:
+        @bp.route(path, methods=["POST"])
+        @need("staff")
+        @wraps(record)
+        def view(ref: str) -> Response | tuple[str, int]:
+            try:
+                notice = record(ref, now())
+            except records.RowError as exc:
+                return _refused(ref, form, exc)
+            except NotFound as exc:
+                abort(404, str(exc))
+            return _back(ref, notice)
+
+        return view
+
+    return register
+
+
+@_form_post("/clients/<ref>/events", "event")
+def add_event(ref: str, moment: datetime) -> str:
     """Record a milestone (``outreach event add``): once; the client's status moves along."""
-    moment = now()
     given = request.form.get("occurred_at", "")
-    try:
-        occurred = records.parse_datetime(given, "occurred_at", settings().tz) if given.strip() else moment
-        added = records.add_event(
-            engine(),
-            ref,
-            request.form.get("kind", ""),
-            occurred,
-            moment,
-            note=request.form.get("note", ""),
-            actor=principal().name,
-        )
-    except records.RowError as exc:
-        return _refused(ref, "event", exc)
-    except NotFound as exc:
-        abort(404, str(exc))
+    occurred = records.parse_datetime(given, "occurred_at", settings().tz) if given.strip() else moment
+    added = records.add_event(
+        engine(),
+        ref,
+        request.form.get("kind", ""),
+        occurred,
+        moment,
+        note=request.form.get("note", ""),
+        actor=principal().name,
+    )
     what = f"{added.kind.replace('_', ' ')} on {local(occurred)}"
     if added.event_id is None:
-        return _back(ref, f"{what.capitalize()} was already on record; nothing changed.")
-    return _back(ref, f"Recorded {what} (event {added.event_id}).")
+        return f"{what.capitalize()} was already on record; nothing changed."
+    return f"Recorded {what} (event {added.event_id})."
 
 
-@bp.route("/clients/<ref>/measures", methods=["POST"])
-@need("staff")
-def add_measure(ref: str) -> Response | tuple[str, int]:
+@_form_post("/clients/<ref>/measures", "measure")
+def add_measure(ref: str, moment: datetime) -> str:
     """Record a score (``outreach measure add``): a second one the same day replaces the first."""
-    moment = now()
-    try:
-        day = records.parse_date(request.form.get("measured_at", ""), "measured_at") or _today()
-        measured = records.add_measure(
-            engine(),
-            ref,
-            request.form.get("instrument", ""),
-            request.form.get("score", ""),
-            day,
-            moment,
-            actor=principal().name,
-        )
-    except records.RowError as exc:
-        return _refused(ref, "measure", exc)
-    except NotFound as exc:
-        abort(404, str(exc))
+    day = records.parse_date(request.form.get("measured_at", ""), "measured_at") or today()
+    measured = records.add_measure(
+        engine(),
+        ref,
+        request.form.get("instrument", ""),
+        request.form.get("score", ""),
+        day,
+        moment,
+        actor=principal().name,
+    )
     what = f"{measured.instrument} {measured.score:g} on {day}"
     if measured.outcome == "unchanged":
-        return _back(ref, f"{what} was already on record; nothing changed.")
+        return f"{what} was already on record; nothing changed."
     if measured.outcome == "updated":
-        return _back(ref, f"Recorded {what}, replacing the score recorded earlier that day.")
-    return _back(ref, f"Recorded {what}.")
+        return f"Recorded {what}, replacing the score recorded earlier that day."
+    return f"Recorded {what}."
 
 
-@bp.route("/clients/<ref>/consent", methods=["POST"])
-@need("staff")
-def give_consent(ref: str) -> Response | tuple[str, int]:
+@_form_post("/clients/<ref>/consent", "consent")
+def give_consent(ref: str, moment: datetime) -> str:
     """Record consent to share health information (``outreach client consent``); lifts a revocation."""
-    moment = now()
-    try:
-        on = records.parse_date(request.form.get("on", ""), "on") or _today()
-        expires = records.parse_date(request.form.get("expires", ""), "expires")
-        records.give_consent(engine(), ref, on, moment, expires=expires, actor=principal().name)
-    except records.RowError as exc:
-        return _refused(ref, "consent", exc)
-    except NotFound as exc:
-        abort(404, str(exc))
+    on = records.parse_date(request.form.get("on", ""), "on") or today()
+    expires = records.parse_date(request.form.get("expires", ""), "expires")
+    records.give_consent(engine(), ref, on, moment, expires=expires, actor=principal().name)
     until = f", until {expires}" if expires else ""
-    return _back(ref, f"Consent recorded as given on {on}{until}; updates held for it can now go.")
+    return f"Consent recorded as given on {on}{until}; updates held for it can now go."
 
 
 @bp.route("/clients/<ref>/consent/revoke", methods=["POST"])
 @need("staff")
 def revoke_consent(ref: str) -> Response:
     """Record that consent was withdrawn today (``outreach client revoke-consent``)."""
-    today = _today()
+    day = today()
     with store.read(engine()) as conn:
         try:
-            record = timeline.client_record(conn, ref, today)
+            record = timeline.client_record(conn, ref, day)
         except NotFound as exc:
             abort(404, str(exc))
     revoked = record.consent.revoked_on
-    if revoked is not None and revoked <= today:  # a second click keeps the day it was revoked
+    if revoked is not None and revoked <= day:  # a second click keeps the day it was revoked
         return _back(ref, f"Consent was already revoked on {revoked}; nothing changed.")
     try:
-        records.revoke_consent(engine(), ref, today, now(), actor=principal().name)
+        records.revoke_consent(engine(), ref, day, now(), actor=principal().name)
     except NotFound as exc:
         abort(404, str(exc))
-    return _back(ref, f"Consent revoked on {today}: queued updates about this client will not be sent.")
+    return _back(ref, f"Consent revoked on {day}: queued updates about this client will not be sent.")

@@ -321,6 +321,10 @@ def _query(name: str, schema: Schema, description: str) -> Schema:
     return {"name": name, "in": "query", "required": False, "schema": schema, "description": description}
 
 
+def _in_path(name: str, schema: Schema) -> Schema:
+    return {"name": name, "in": "path", "required": True, "schema": schema}
+
+
 def _read(summary: str, schema: str, operation: str, **extra: Any) -> Schema:
     responses = {"200": _ok(summary, schema), "401": UNAUTHORIZED}
     responses.update(extra.pop("responses", {}))
@@ -392,14 +396,7 @@ def document() -> Schema:
                 "One message whole: its parts, its trail, its links (the view is audited)",
                 "MessageDetail",
                 "get_message",
-                parameters=[
-                    {
-                        "name": "message_id",
-                        "in": "path",
-                        "required": True,
-                        "schema": {"type": "integer", "minimum": 1},
-                    }
-                ],
+                parameters=[_in_path("message_id", {"type": "integer", "minimum": 1})],
                 responses={"404": _error("No message with this id")},
             ),
             "/api/v1/loops": _read(

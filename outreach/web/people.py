@@ -9,7 +9,7 @@ undeliverable mark change through ``records``, as ``outreach physician`` does.
 from __future__ import annotations
 
 from collections import Counter
-from datetime import date, datetime
+from collections.abc import Callable
 
 from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
 from werkzeug.wrappers import Response
@@ -17,22 +17,9 @@ from werkzeug.wrappers import Response
 from outreach import loops as loop_queries
 from outreach import records, referrers, store
 from outreach.errors import NotFound, OutreachError
-from outreach.models import aware
-from outreach.web.security import audit, engine, need, now, principal, settings
+from outreach.web.security import audit, engine, local, need, now, principal, settings, today
 
 bp = Blueprint("people", __name__)
-
-
-def local(moment: datetime | None) -> str:
-    """A stored time as the practice reads it: its own time zone, YYYY-MM-DD HH:MM."""
-    if moment is None:
-        return ""
-    return aware(moment).astimezone(settings().tz).strftime("%Y-%m-%d %H:%M")
-
-
-def _today() -> date:
-    """The practice's calendar day now (as ``outreach physician opt-out`` takes it)."""
-    return now().astimezone(settings().tz).date()
 
 
 @bp.route("/loops")
@@ -103,12 +90,16 @@ def _back(email: str, notice: str) -> Response:
     return redirect(url_for("people.physician", email=email))
 
 
-def _known(email: str) -> str:
-    """The physician's stored email, or 404 (before any change is attempted)."""
+def _changed(email: str, change: Callable[..., object]) -> str:
+    """``change`` (a ``records`` function) made to the physician; their stored email, or 404."""
     with store.read(engine()) as conn:
         doctor = referrers.find(conn, email)
-    if doctor is None:
+    if doctor is None:  # before any change is attempted
         abort(404, f"There is no physician with the email {email!r}.")
+    try:
+        change(engine(), doctor.email, now(), actor=principal().name)
+    except NotFound as exc:
+        abort(404, str(exc))
     return str(doctor.email)
 
 
@@ -122,7 +113,7 @@ def opt_out(email: str) -> Response:
         abort(404, f"There is no physician with the email {email!r}.")
     if doctor.opted_out_on is not None:  # a second click keeps the day they opted out
         return _back(doctor.email, f"Already opted out of non-clinical mail since {doctor.opted_out_on}.")
-    day = _today()
+    day = today()
     try:
         records.opt_out(engine(), doctor.email, day, now(), actor=principal().name)
     except NotFound as exc:
@@ -137,23 +128,14 @@ def opt_out(email: str) -> Response:
 @need("staff")
 def opt_in(email: str) -> Response:
     """Resume non-clinical mail."""
-    known = _known(email)
-    try:
-        records.opt_in(engine(), known, now(), actor=principal().name)
-    except NotFound as exc:
-        abort(404, str(exc))
-    return _back(known, "Non-clinical mail resumed.")
+    return _back(_changed(email, records.opt_in), "Non-clinical mail resumed.")
 
 
 @bp.route("/physicians/<email>/deliverable", methods=["POST"])
 @need("staff")
 def deliverable(email: str) -> Response:
     """Clear a "no such mailbox" mark, so mail goes to the address again."""
-    known = _known(email)
-    try:
-        records.mark_deliverable(engine(), known, now(), actor=principal().name)
-    except NotFound as exc:
-        abort(404, str(exc))
     return _back(
-        known, "Marked deliverable again; mail suppressed meanwhile stays in the log and is not resent."
+        _changed(email, records.mark_deliverable),
+        "Marked deliverable again; mail suppressed meanwhile stays in the log and is not resent.",
     )

@@ -14,7 +14,7 @@ The rules, in one place so a route cannot forget them:
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime
+from datetime import date, datetime
 from functools import wraps
 from typing import Any, TypeVar, cast
 
@@ -36,6 +36,7 @@ from werkzeug.wrappers import Response
 
 from outreach import accounts, records, store
 from outreach.accounts import Principal
+from outreach.models import aware
 from outreach.settings import Settings
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -60,6 +61,18 @@ def settings() -> Settings:
 
 def now() -> datetime:
     return cast(Callable[[], datetime], current_app.config["OUTREACH_CLOCK"])()
+
+
+def today() -> date:
+    """The practice's calendar day now (as the CLI's default day)."""
+    return now().astimezone(settings().tz).date()
+
+
+def local(moment: datetime | None) -> str:
+    """A stored time as the practice reads it: its own time zone, YYYY-MM-DD HH:MM."""
+    if moment is None:
+        return ""
+    return aware(moment).astimezone(settings().tz).strftime("%Y-%m-%d %H:%M")
 
 
 def principal() -> Principal:
