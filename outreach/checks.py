@@ -114,13 +114,17 @@ def check_rendering(settings: Settings, rules: list[Rule], renderer: Renderer) -
 
 
 def _sample_clients(engine: Engine, rule: Rule) -> list[tuple[str, dict]]:
-    """Demo clients the rule applies to (with an event of its kind, if it has one)."""
+    """Demo clients the rule applies to (with an event of its kind, if it has one).
+
+    A reminder (``no_reply``) is about the event its rule's email reported:
+    the clients with such an event. An attendance lapse (``no_event``) is
+    rendered for every client assessed (preview refuses the others).
+    """
+    kind = rule.event or rule.reply_event
     with store.read(engine) as conn:
         query = select(clients)
-        if rule.event:
-            query = query.where(
-                clients.c.id.in_(select(events.c.client_id).where(events.c.kind == rule.event))
-            )
+        if kind:
+            query = query.where(clients.c.id.in_(select(events.c.client_id).where(events.c.kind == kind)))
         rows = conn.execute(query.order_by(clients.c.id)).all()
     return [
         (r.ref, {"first name": r.first_name, "last name": r.last_name, "diagnosis": r.diagnosis})

@@ -345,6 +345,9 @@ def physician_deliverable(env: Env, email: str) -> None:
     click.echo(f"{email}: marked deliverable again; mail suppressed meanwhile stays in the log, not resent")
 
 
+physician.add_command(physician_deliverable, "address-ok")  # the name `outreach status` suggests
+
+
 @cli.group()
 def client() -> None:
     """A client's consent to share health information with their physician."""
@@ -688,6 +691,37 @@ def demo(env: Env, folder: Path, now: str | None) -> None:
         click.echo(format_table(list_messages(conn, limit=None), settings.tz))
     click.echo(f"\nRead one: outreach log show ID  (with OUTREACH_DATABASE_URL={settings.database_url})")
     engine.dispose()
+
+
+@cli.group()
+def inbox() -> None:
+    """Replies and bounces, read from the practice's mailbox (IMAP)."""
+
+
+@inbox.command("fetch")
+@now_option
+@pass_env
+def inbox_fetch(env: Env, now: str | None) -> None:
+    """Read new mail once: record and match it, move what was handled."""
+    from outreach.inbox import fetch
+
+    report = fetch(env.ready_engine(), env.settings, env.now(now))
+    click.echo(report.summary())
+
+
+@cli.command()
+@click.option("--client", metavar="REF", help="Only what came back about this client.")
+@click.option("--physician", metavar="EMAIL", help="Only what came back from this physician.")
+@click.option("--unmatched", is_flag=True, help="Only mail that matched none of our messages.")
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table")
+@pass_env
+def replies(env: Env, client: str | None, physician: str | None, unmatched: bool, fmt: str) -> None:
+    """What physicians answered (and what bounced), newest first."""
+    from outreach.replies import format_replies, list_replies
+
+    with store.read(env.ready_engine()) as conn:
+        rows = list_replies(conn, client, physician, unmatched)
+    click.echo(format_replies(rows, fmt, env.settings.tz))
 
 
 @cli.command()

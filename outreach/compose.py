@@ -31,6 +31,7 @@ from datetime import datetime
 from email.utils import format_datetime
 from typing import Any
 
+from outreach import verp
 from outreach.settings import Settings, is_address  # the one address rule, also the SMTP backend's
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
@@ -69,6 +70,13 @@ def build_email(row: Any, settings: Settings, sent_at: datetime) -> Email:
     return Email(message_id=row.message_id, data=b"".join(parts))
 
 
+def envelope_sender(row: Any, settings: Settings) -> str:
+    """Where a bounce goes: the message's own VERP address with a bounce address set, else From."""
+    if not settings.bounce_address:
+        return settings.from_addr
+    return verp.address(settings.bounce_address, verp.token(row.id, row.message_id))
+
+
 def _headers(row: Any, settings: Settings, sent_at: datetime, boundary: str) -> str:
     """The top-level header block, CRLF-separated, without the final line end."""
     # A name given with the address (OUTREACH_FROM="Name <address>") is the one the practice chose.
@@ -82,6 +90,8 @@ def _headers(row: Any, settings: Settings, sent_at: datetime, boundary: str) -> 
     lines.append(_fold("Subject:", _text_tokens(one_line(row.subject))))
     lines.append(f"Date: {format_datetime(sent_at)}")
     lines.append(f"Message-ID: {_message_id(row.message_id)}")
+    if settings.bounce_address:
+        lines.append(f"Return-Path: <{envelope_sender(row, settings)}>")
     if getattr(row, "kind", "clinical") == "relationship":
         # Non-clinical mail can be stopped with one click in the physician's mail client.
         unsubscribe = _address(settings.reply_to or settings.from_addr)

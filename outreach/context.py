@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any
 
@@ -17,7 +17,7 @@ from sqlalchemy import Connection, Row, select
 
 from outreach import store
 from outreach.instruments import INSTRUMENTS, Outcome, format_change, format_score
-from outreach.models import aware, clients, events, measurements, physicians
+from outreach.models import SENT, aware, clients, events, measurements, messages, physicians
 from outreach.rules import Rule
 from outreach.settings import Settings
 
@@ -223,6 +223,9 @@ class History:
     physician: Row
     events: list  # in time order
     measurements: list  # by instrument, then date
+    # When each update about one of the client's events was sent: (rule, event id) -> the
+    # first sending (a reminder says when we told the physician).
+    sent: dict[tuple[str, int], datetime] = field(default_factory=dict)
 
 
 def load_history(conn: Connection, client_id: int) -> History:
@@ -231,11 +234,29 @@ def load_history(conn: Connection, client_id: int) -> History:
 
 
 def load_histories(conn: Connection, client_ids: list[int]) -> dict[int, History]:
-    """Histories of many clients in four queries per chunk, not a dozen per email."""
+    """Histories of many clients in five queries per chunk, not a dozen per email."""
     ids = sorted(set(client_ids))
     found_clients: dict[int, Row] = {}
     found_events: dict[int, list] = {}
+    found_sent: dict[int, dict[tuple[str, int], datetime]] = {}
     for chunk in store.chunks(ids):
+        # By client (the index on client_id): a condition on status here would
+        # tempt the database into the index on status, most of the log.
+        told = conn.execute(
+            select(
+                messages.c.client_id,
+                messages.c.rule,
+                messages.c.event_id,
+                messages.c.sent_at,
+                messages.c.status,
+            ).where(messages.c.client_id.in_(chunk), messages.c.event_id.is_not(None))
+        )
+        for row in told:
+            if row.status != SENT or row.sent_at is None:  # an update a digest carried is sent with it
+                continue
+            mine = found_sent.setdefault(row.client_id, {})
+            key = (row.rule, row.event_id)
+            mine[key] = min(mine.get(key, row.sent_at), row.sent_at)
         found_clients.update((r.id, r) for r in conn.execute(select(clients).where(clients.c.id.in_(chunk))))
         rows = conn.execute(
             select(events)
@@ -250,7 +271,9 @@ def load_histories(conn: Connection, client_ids: list[int]) -> dict[int, History
         doctors.update((r.id, r) for r in conn.execute(select(physicians).where(physicians.c.id.in_(chunk))))
     scores = _measurements(conn, ids)
     return {
-        i: History(c, doctors[c.physician_id], found_events.get(i, []), scores.get(i, []))
+        i: History(
+            c, doctors[c.physician_id], found_events.get(i, []), scores.get(i, []), found_sent.get(i, {})
+        )
         for i, c in found_clients.items()
     }
 
@@ -295,6 +318,62 @@ def client_context(
         "rule": {"name": rule.name, "description": rule.description},
         "now": local_now,
         "today": local_now.date(),
+        "reminder": reminder_view(settings, rule, history, event) if rule.no_reply else None,
+        "lapse": lapse_view(settings, rule, history, now) if rule.no_event else None,
+    }
+
+
+def reminder_view(settings: Settings, rule: Rule, history: History, event: Any) -> dict:
+    """A reminder that rule ``rule.no_reply``'s email (about ``event``) has had no reply: when it went."""
+    told = history.sent.get((rule.no_reply, event.id)) if rule.no_reply and event is not None else None
+    return {
+        "rule": rule.no_reply,
+        "told_on": aware(told).astimezone(settings.tz).date() if told is not None else None,
+    }
+
+
+# A note on an event that records the practice getting in touch with the client.
+CONTACT_WORDS = re.compile(
+    r"\b(contact(ed|ing)?|phoned|called|rang|spoke|spoken|texted|emailed|e-mailed|messaged|voicemail"
+    r"|left (a )?(voice ?)?message)\b",
+    re.IGNORECASE,
+)
+
+
+def lapse_start(history: History, kinds: tuple[str, ...]) -> tuple[datetime, Any] | None:
+    """When the current lapse began, and the event that began it (None: the initial assessment).
+
+    The latest of ``kinds`` since the initial assessment, or the initial
+    assessment itself; None for a client never assessed (no lapse).
+    """
+    assessed = [aware(e.occurred_at) for e in history.events if e.kind == "initial_assessment"]
+    if not assessed:
+        return None
+    start = min(assessed)
+    last = None
+    for e in history.events:  # in time order: the last one found is the latest
+        if e.kind in kinds and aware(e.occurred_at) >= start:
+            last = e
+    return (aware(last.occurred_at), last) if last is not None else (start, None)
+
+
+def lapse_view(settings: Settings, rule: Rule, history: History, now: datetime) -> dict | None:
+    """The facts of an attendance lapse: since when, the sessions missed, any contact recorded."""
+    found = lapse_start(history, rule.no_event)
+    if found is None:
+        return None
+    start, last = found
+    later = [e for e in history.events if start < aware(e.occurred_at) <= now]
+    missed = [e for e in later if e.kind == "session_missed"]
+    contact = [e for e in later if e.note and CONTACT_WORDS.search(e.note)]
+    local = start.astimezone(settings.tz)
+    return {
+        "since": local.date(),
+        "days": (now - start).days,
+        "last": event_view(last, settings) if last is not None else None,  # None: since the assessment
+        "kinds": [EVENT_LABELS.get(kind, kind).lower() for kind in rule.no_event],
+        "missed": [event_view(e, settings) for e in missed],
+        "contact": [event_view(e, settings) for e in contact],
     }
 
 

@@ -210,8 +210,20 @@ class Jobs:
         status.heartbeat(self.service.engine, self.service.worker, self.clock())
         self._ok("heartbeat")
 
+    def inbox(self) -> None:
+        """Read the practice's mailbox (replies, bounces); a failure here never stops sending."""
+        from outreach.inbox import fetch
+
+        report = fetch(self.service.engine, self.service.settings, self.clock())
+        if report.kinds:
+            log.info("%s", report.summary())
+        self._ok("inbox")
+
     def named(self) -> list[tuple[str, Callable[[], None]]]:
-        return [("heartbeat", self.heartbeat), ("plan", self.plan), ("send", self.send)]
+        jobs = [("heartbeat", self.heartbeat), ("plan", self.plan), ("send", self.send)]
+        if self.service.settings.imap_host:
+            jobs.append(("inbox", self.inbox))
+        return jobs
 
 
 class Control:

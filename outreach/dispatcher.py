@@ -48,7 +48,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from outreach import gate, store
 from outreach.backends.base import Backend, no_wait
-from outreach.compose import build_email
+from outreach.compose import build_email, envelope_sender
 from outreach.errors import (
     BatchAbort,
     DatabaseError,
@@ -57,8 +57,8 @@ from outreach.errors import (
     RecipientUnknown,
     TransientError,
 )
-from outreach.models import FAILED, PENDING, SENDING, SENT, message_bodies, messages, physicians, utcnow
-from outreach.outbox import DIGEST, log_line, settle_members, trail, trail_many, with_body
+from outreach.models import FAILED, PENDING, SENDING, SENT, message_bodies, messages, utcnow
+from outreach.outbox import DIGEST, log_line, mark_undeliverable, settle_members, trail, trail_many, with_body
 from outreach.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -327,7 +327,7 @@ class Dispatcher:
         except Exception as exc:  # a stored row no email can be made of: it will never go
             return self._failure(row, attempts, f"cannot build the email: {_describe(exc)}", "")
         try:
-            response = self.backend.send(msg, self.settings.from_addr, row.recipient, before_data)
+            response = self.backend.send(msg, envelope_sender(row, self.settings), row.recipient, before_data)
         except PermanentError as exc:
             unknown = log_line(exc.reply) if isinstance(exc, RecipientUnknown) else None
             return self._failure(row, attempts, log_line(exc), log_line(exc.reply), unknown)
@@ -408,7 +408,7 @@ class Dispatcher:
                 if outcome.digest:
                     settle_members(conn, outcome.message_id, outcome.values.get("status"), outcome.at)
                 if outcome.undeliverable:
-                    _mark_undeliverable(conn, outcome.message_id, outcome.undeliverable, outcome.at)
+                    mark_undeliverable(conn, outcome.message_id, outcome.undeliverable, outcome.at)
                 return True
             current = conn.execute(
                 select(messages.c.status, messages.c.claimed_by).where(messages.c.id == outcome.message_id)
@@ -617,20 +617,6 @@ class _Batch:
         d._release(unsent, now, reason, now + timedelta(seconds=d.settings.retry_base_seconds))
         self.report.aborted = reason
         log.error("sending stopped, %d message(s) left queued: %s", len(unsent), reason)
-
-
-def _mark_undeliverable(conn: Connection, message_id: int, reason: str, at: datetime) -> None:
-    """The message's physician, at this address, gets nothing more until a person clears it."""
-    sent_to = select(messages.c.physician_id, messages.c.recipient).where(messages.c.id == message_id)
-    found = conn.execute(sent_to).first()
-    if found is None or found.physician_id is None:
-        return
-    conn.execute(
-        update(physicians)
-        .where(physicians.c.id == found.physician_id, physicians.c.email == found.recipient.lower())
-        .values(undeliverable_on=at.date(), undeliverable_reason=reason, updated_at=at)
-    )
-    log.warning("address %s marked undeliverable: %s", found.recipient, reason)
 
 
 @functools.cache

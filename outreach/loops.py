@@ -23,6 +23,7 @@ from sqlalchemy import ColumnElement, Connection, func, select
 from outreach import store
 from outreach.consent import row_consent_problem
 from outreach.models import (
+    BOUNCED,
     FAILED,
     PENDING,
     SENDING,
@@ -31,6 +32,7 @@ from outreach.models import (
     aware,
     clients,
     events,
+    inbound,
     messages,
     physicians,
 )
@@ -40,7 +42,19 @@ from outreach.tables import format_table
 
 HISTORY = timedelta(days=30)  # as the planner's default max_age
 DISCHARGE_LOOKBACK = timedelta(days=90)
-STATE_ORDER = {"blocked": 0, "overdue": 1, "due": 2, "done": 3}
+# Blocked and overdue first; then an alert still waiting for the physician's
+# direction; then what is due; then the closed ones (sent, answered, replied).
+STATE_ORDER = {
+    "blocked": 0,
+    "overdue": 1,
+    "awaiting direction": 2,
+    "due": 3,
+    "done": 4,
+    "replied": 4,
+    "answered": 4,
+}
+STATES = tuple(STATE_ORDER)
+CLOSED = ("done", "replied", "answered")
 
 
 @dataclass
@@ -123,7 +137,48 @@ def open_loops(
                 loop = _progress(person, rule, mine.get(rule.template, []), anchors, now, settings)
                 if loop is not None:
                     found.append(loop)
+    _hear_back(conn, found, {rule.loop: rule for rule in milestones + recurring}, sent_by_template, settings)
     return sorted(found, key=lambda lp: (STATE_ORDER[lp.state], lp.due_at or now, lp.client_ref))
+
+
+def _hear_back(
+    conn: Connection, found: list[Loop], rules: dict[str | None, Rule], sent: dict, settings: Settings
+) -> None:
+    """The physician's side: a reply read from the mailbox (``inbox``) answers or marks a sent email.
+
+    A reply to the digest that carried an update counts for the update.
+    """
+    digest_of = {
+        m.id: m.digest_id for by_template in sent.values() for rows in by_template.values() for m in rows
+    }
+    closed = [lp for lp in found if lp.state == "done" and lp.message_id is not None]
+    wanted = {i for lp in closed for i in (lp.message_id, digest_of.get(lp.message_id)) if i is not None}
+    answers = _first_replies(conn, sorted(wanted))
+    for loop in closed:
+        assert loop.message_id is not None
+        answer = answers.get(loop.message_id) or answers.get(digest_of.get(loop.message_id) or -1)
+        rule = rules[loop.loop]
+        if answer is not None:
+            at, sender = answer
+            loop.state = "answered" if rule.awaits_reply else "replied"
+            loop.detail += f"; {loop.state} {_local(at, settings)} by {sender}"
+        elif rule.awaits_reply:
+            loop.state = "awaiting direction"
+            loop.detail += "; awaiting the physician's direction"
+
+
+def _first_replies(conn: Connection, message_ids: list[int]) -> dict[int, tuple[datetime, str]]:
+    """Each message's first reply (not an automatic answer): when, and from whom."""
+    first: dict[int, tuple[datetime, str]] = {}
+    for chunk in store.chunks(message_ids):
+        rows = conn.execute(
+            select(inbound.c.message_id, inbound.c.received_at, inbound.c.sender)
+            .where(inbound.c.message_id.in_(chunk), inbound.c.kind == "reply")
+            .order_by(inbound.c.received_at)
+        )
+        for row in rows:
+            first.setdefault(row.message_id, (aware(row.received_at), row.sender))
+    return first
 
 
 def _recently_discharged(now: datetime) -> ColumnElement[bool]:
@@ -156,6 +211,7 @@ def _messages_by_client(conn: Connection, ids: list[int]) -> dict:
             select(
                 messages.c.id, messages.c.client_id, messages.c.template, messages.c.status,
                 messages.c.sent_at, messages.c.last_error, messages.c.created_at, messages.c.not_before,
+                messages.c.digest_id,
             )
             .where(messages.c.client_id.in_(chunk))
             .order_by(messages.c.created_at, messages.c.id)
@@ -173,7 +229,13 @@ def _judge(person: Any, rule: Rule, sent: list, due: datetime, now: datetime, se
     """The state of one expected email from the messages queued for it."""
     assert rule.loop is not None
     loop = Loop(person.ref, person.physician_email, rule.loop, "due", due, None, "")
-    done = [m for m in sent if m.status == SENT]
+    done = [m for m in sent if m.status in (SENT, BOUNCED)]
+    if done and done[0].status == BOUNCED:
+        m = done[0]
+        loop.state, loop.message_id = "blocked", m.id
+        said = (m.last_error or "no diagnostic").removeprefix("bounced: ")
+        loop.detail = f"address bounced: {said} (message {m.id})"
+        return loop
     if done:
         first = done[0]
         late = first.sent_at - due
@@ -306,9 +368,17 @@ def physician_summary(conn: Connection, settings: Settings, now: datetime) -> li
                 "median_days_to_first_report": statistics.median(delays) if delays else None,
                 "emails_sent": count,
                 "last_contact": _local(last, settings) if last else None,
+                "undeliverable": _undeliverable(doctor),
             }
         )
     return summary
+
+
+def _undeliverable(doctor: Any) -> str | None:
+    """Why nothing goes to this physician's address (a bounce, a refusal), or None."""
+    if doctor.undeliverable_on is None:
+        return None
+    return f"since {doctor.undeliverable_on}: {doctor.undeliverable_reason or 'no reason recorded'}"
 
 
 def _as_date(value: datetime, settings: Settings) -> date:
@@ -327,6 +397,7 @@ def format_physicians(rows: list[dict], fmt: str) -> str:
         "DAYS TO 1ST REPORT",
         "EMAILS",
         "LAST CONTACT",
+        "ADDRESS",
     )
     table = [
         (
@@ -334,6 +405,7 @@ def format_physicians(rows: list[dict], fmt: str) -> str:
             "-" if r["conversion_pct"] is None else f"{r['conversion_pct']} %",
             "-" if r["median_days_to_first_report"] is None else f"{r['median_days_to_first_report']:g}",
             str(r["emails_sent"]), r["last_contact"] or "never",
+            f"undeliverable {r['undeliverable']}" if r["undeliverable"] else "",
         )
         for r in rows
     ]  # fmt: skip

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     Column,
     Date,
@@ -21,6 +22,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     SmallInteger,
     String,
@@ -58,15 +60,18 @@ IMPORT_KINDS = ("physicians", "clients", "events", "measures")
 # back to pending for a later attempt, a permanent one (or attempts used up)
 # makes it failed. Suppressed: may not go now (``reason`` says why) and may
 # go later, e.g. once consent is on record. Cancelled: will never go.
-PENDING, SENDING, SENT, FAILED, SUPPRESSED, CANCELLED = (
+# Bounced: the server took it, then a permanent delivery failure came back
+# (a DSN read from the practice's inbox, ``outreach.inbox``).
+PENDING, SENDING, SENT, FAILED, SUPPRESSED, CANCELLED, BOUNCED = (
     "pending",
     "sending",
     "sent",
     "failed",
     "suppressed",
     "cancelled",
+    "bounced",
 )
-MESSAGE_STATUSES = (PENDING, SENDING, SENT, FAILED, SUPPRESSED, CANCELLED)
+MESSAGE_STATUSES = (PENDING, SENDING, SENT, FAILED, SUPPRESSED, CANCELLED, BOUNCED)
 
 # Why a message was suppressed or cancelled (``messages.reason``), a fixed
 # vocabulary that code can select on; ``last_error`` keeps the sentence a
@@ -104,6 +109,9 @@ TRAIL_ACTIONS = (
     "released",
     "retried",
     "resent",
+    "bounced",  # a permanent failure reported after the server took it (the DSN's diagnostic)
+    "delayed",  # a transient DSN (4.x.x): written to the trail only
+    "replied",  # the physician answered (or an auto-reply came back)
 )
 
 PRIORITY_NORMAL, PRIORITY_URGENT = 0, 10
@@ -428,3 +436,37 @@ def outbox_row(
         "created_at": now,
         "updated_at": now,
     }
+
+
+# --- what comes back (``outreach.inbox``) ----------------------------------------------
+
+# An email read from the practice's mailbox: a reply to one of our messages, an
+# automatic answer, a bounce, or mail that matched none of ours. Each is read
+# once: its folder, UIDVALIDITY and UID are unique (and its Message-ID is checked).
+INBOUND_KINDS = ("reply", "auto_reply", "bounce", "unmatched")
+
+inbound = Table(
+    "inbound",
+    metadata,
+    _id(),
+    Column("folder", String(200), nullable=False),
+    Column("uidvalidity", BigInteger, nullable=False),
+    Column("uid", BigInteger, nullable=False),
+    Column("header_message_id", String(998), nullable=True, index=True),
+    Column("kind", String(20), nullable=False),
+    Column("message_id", Integer, ForeignKey("messages.id"), nullable=True, index=True),
+    Column("client_id", Integer, ForeignKey("clients.id"), nullable=True, index=True),
+    Column("physician_id", Integer, ForeignKey("physicians.id"), nullable=True, index=True),
+    Column("sender", String(254), nullable=False),
+    Column("subject", Text, nullable=False),
+    Column("received_at", UTCDateTime, nullable=False),
+    Column("text", Text, nullable=False),
+    Column("bounce_status", String(20), nullable=True),
+    Column("reason", Text, nullable=True),  # why it matched nothing, or what could not be read
+    Column("raw", LargeBinary, nullable=True),  # the message as received
+    Column("moved", Boolean, nullable=False, default=False),  # moved to the done folder
+    Column("moving_until", UTCDateTime, nullable=True),  # a fetch is moving it (a lease, for a crash)
+    _created_at(),
+    UniqueConstraint("folder", "uidvalidity", "uid", name="uq_inbound_place"),
+    Index("ix_inbound_kind_received", "kind", "received_at"),
+)

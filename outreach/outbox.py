@@ -8,6 +8,7 @@ rendering stack.
 
 from __future__ import annotations
 
+import logging
 import re
 from datetime import datetime
 from types import ModuleType
@@ -16,8 +17,10 @@ from typing import Any
 from sqlalchemy import Connection, Select, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from outreach.models import FAILED, PENDING, SENT, message_bodies, message_events, messages
+from outreach.models import FAILED, PENDING, SENT, message_bodies, message_events, messages, physicians
 from outreach.store import chunks
+
+log = logging.getLogger(__name__)
 
 BODY = ("html", "text")  # stored in message_bodies, the rest in messages
 DIGEST = "digest"  # the kind (and rule, and template) of an email that carries several updates
@@ -126,3 +129,21 @@ def settle_members(conn: Connection, digest_id: int, status: str | None, now: da
     conn.execute(update(messages).where(messages.c.id.in_(members)).values(updated_at=now, **values))
     trail_many(conn, now, [(i, "sent" if status == SENT else "failed", detail) for i in members])
     return len(members)
+
+
+def mark_undeliverable(conn: Connection, message_id: int, reason: str, at: datetime) -> None:
+    """The message's physician, at this address, gets nothing more until a person clears it.
+
+    Said by a mail server refusing the address at RCPT (the dispatcher) or by a
+    bounce read from the practice's mailbox (``inbox``).
+    """
+    sent_to = select(messages.c.physician_id, messages.c.recipient).where(messages.c.id == message_id)
+    found = conn.execute(sent_to).first()
+    if found is None or found.physician_id is None:
+        return
+    conn.execute(
+        update(physicians)
+        .where(physicians.c.id == found.physician_id, physicians.c.email == found.recipient.lower())
+        .values(undeliverable_on=at.date(), undeliverable_reason=reason[:2000], updated_at=at)
+    )
+    log.warning("address %s marked undeliverable: %s", found.recipient, reason)

@@ -1,7 +1,8 @@
 """The planner: which rule is due, for whom, now — and queue it, rendered.
 
 Planning is idempotent: each due email has a dedupe key (``rule:event:ID``,
-``rule:client:ID:PERIOD``, ``rule:physician:ID:PERIOD``) that is unique in
+``rule:client:ID:PERIOD``, ``rule:physician:ID:PERIOD``; for the rules that
+fire on a silence, ``rule:reply:MESSAGE`` and ``rule:lapse:CLIENT:EVENT``) that is unique in
 the messages table, and rows are inserted with "on conflict do nothing", so
 planning twice, or two planners at once, queues nothing the second time.
 A message is rendered once, when it is queued, and stored exactly as it
@@ -27,6 +28,7 @@ from sqlalchemy import (
     exists,
     func,
     literal,
+    or_,
     select,
     update,
 )
@@ -40,6 +42,7 @@ from outreach.context import (
     Period,
     client_context,
     display_name,
+    lapse_start,
     load_histories,
     load_history,
     physician_context,
@@ -50,6 +53,7 @@ from outreach.models import (
     aware,
     clients,
     events,
+    inbound,
     message_bodies,
     message_events,
     messages,
@@ -116,6 +120,10 @@ def find_due(conn: Connection, rules: Iterable[Rule], settings: Settings, now: d
     for rule in rules:
         if rule.event:
             found = _due_on_event(conn, rule, now)
+        elif rule.no_reply:
+            found = _due_no_reply(conn, rule, settings, now)
+        elif rule.no_event:
+            found = _due_no_event(conn, rule, settings, now)
         elif rule.scope == "client":
             found = _due_recurring_client(conn, rule, settings, now)
         else:
@@ -264,6 +272,164 @@ def _due_recurring_client(conn: Connection, rule: Rule, settings: Settings, now:
             **_consent(rule, row, today),
         )
         for key, row in new
+    ]
+
+
+def _due_no_reply(conn: Connection, rule: Rule, settings: Settings, now: datetime) -> list[Draft]:
+    """A reminder for each email of rule ``rule.no_reply`` sent ``reply_within`` business days ago, unanswered.
+
+    One query: the rule's emails sent (alone, or in a digest that was sent)
+    since ``max_age`` ago and at least as many calendar days ago as business
+    days are asked for, with no reply read to them or to the digest that
+    carried them and no reminder queued yet (dedupe key ``rule:reply:ID``);
+    the exact deadline, in the practice's business days, is then checked for
+    those few. An automatic answer is not a reply. The reminder goes to the
+    physician the email went to, while they still have the client and the
+    client is not discharged.
+    """
+    assert rule.no_reply is not None and rule.reply_within is not None
+    alert = messages.alias("alert")
+    carrier = messages.alias("carrier")
+    reminder = messages.alias("reminder")
+    key = literal(f"{rule.name}:reply:") + cast(alert.c.id, String)
+    sent_at = func.coalesce(alert.c.sent_at, carrier.c.sent_at)
+
+    def replied(message_id: ColumnElement[Any]) -> Exists:
+        return exists().where(inbound.c.message_id == message_id, inbound.c.kind == "reply")
+
+    query = (
+        select(
+            alert.c.id.label("alert_id"),
+            alert.c.event_id,
+            sent_at.label("sent_at"),
+            clients.c.id.label("client_id"),
+            clients.c.ref,
+            clients.c.consent_date,
+            clients.c.consent_expires,
+            clients.c.consent_revoked_on,
+            *_recipient_columns(),
+        )
+        .select_from(
+            alert.outerjoin(carrier, carrier.c.id == alert.c.digest_id)
+            .join(clients, clients.c.id == alert.c.client_id)
+            .join(physicians, physicians.c.id == clients.c.physician_id)
+        )
+        .where(
+            alert.c.rule == rule.no_reply,
+            alert.c.created_at >= now - rule.max_age,
+            or_(alert.c.status == models.SENT, carrier.c.status == models.SENT),
+            sent_at <= now - timedelta(days=rule.reply_within),
+            alert.c.physician_id == clients.c.physician_id,
+            clients.c.status != "discharged",
+            ~replied(alert.c.id),
+            ~replied(alert.c.digest_id),  # a reply to the digest that carried it (none: NULL matches nothing)
+            ~exists().where(reminder.c.dedupe_key == key),
+        )
+        .order_by(alert.c.id)
+    )
+    today = now.date()
+    found = [row for row in conn.execute(query) if reply_due(settings, aware(row.sent_at), rule) <= now]
+    return [
+        Draft(
+            rule=rule,
+            dedupe_key=f"{rule.name}:reply:{row.alert_id}",
+            to=_recipient(row),
+            client_id=row.client_id,
+            client_ref=row.ref,
+            event_id=row.event_id,
+            **_consent(rule, row, today),
+        )
+        for row in found
+    ]
+
+
+def reply_due(settings: Settings, sent_at: datetime, rule: Rule) -> datetime:
+    """When a reply to an email sent at ``sent_at`` is overdue: ``reply_within`` business days later.
+
+    Counted in the practice's time zone, at the same time of day (sent on a
+    Friday at 10:00, 2 business days: Tuesday at 10:00).
+    """
+    from outreach.loops import add_business_days
+
+    assert rule.reply_within is not None
+    local = sent_at.astimezone(settings.tz)
+    day = add_business_days(local.date(), rule.reply_within)
+    return datetime.combine(day, local.timetz().replace(tzinfo=None), settings.tz)
+
+
+def _due_no_event(conn: Connection, rule: Rule, settings: Settings, now: datetime) -> list[Draft]:
+    """A note for each active client with none of ``rule.no_event`` for ``rule.lapse``: once per lapse.
+
+    The lapse starts at the latest of those events since the initial
+    assessment (or at the assessment, with none yet): the dedupe key
+    ``rule:lapse:CLIENT:EVENT`` names that event (0 for the assessment), so
+    the note goes once, and again only after the client attends and lapses
+    again. One query: each client's latest event of each kind and first
+    assessment are index lookups (``client_id, kind, occurred_at``); only the
+    clients in a lapse long enough come back.
+    """
+    assert rule.lapse is not None
+    cutoff = now - rule.lapse
+
+    def latest(kind: str) -> tuple[ColumnElement[Any], ColumnElement[Any]]:
+        mine = (events.c.client_id == clients.c.id) & (events.c.kind == kind)
+        at = select(func.max(events.c.occurred_at)).where(mine).scalar_subquery()
+        event_id = (
+            select(events.c.id)
+            .where(mine)
+            .order_by(events.c.occurred_at.desc(), events.c.id.desc())
+            .limit(1)
+            .scalar_subquery()
+        )
+        return at, event_id
+
+    assessed = (
+        select(func.min(events.c.occurred_at))
+        .where(events.c.client_id == clients.c.id, events.c.kind == "initial_assessment")
+        .scalar_subquery()
+    )
+    lasts = [latest(kind) for kind in rule.no_event]
+    columns = [col.label(f"{what}_{n}") for n, (at, event_id) in enumerate(lasts)
+               for what, col in (("at", at), ("id", event_id))]  # fmt: skip
+    query = (
+        select(
+            clients.c.id.label("client_id"),
+            clients.c.ref,
+            clients.c.consent_date,
+            clients.c.consent_expires,
+            clients.c.consent_revoked_on,
+            assessed.label("assessed"),
+            *columns,
+            *_recipient_columns(),
+        )
+        .select_from(clients.join(physicians))
+        .where(
+            clients.c.status == "active",
+            assessed <= cutoff,  # never assessed: no lapse
+            *[or_(at.is_(None), at <= cutoff) for at, _ in lasts],
+        )
+        .order_by(clients.c.id)
+    )
+    candidates = []
+    for row in conn.execute(query):
+        start, since = aware(row.assessed), 0
+        for n in range(len(lasts)):
+            at = row._mapping[f"at_{n}"]
+            if at is not None and aware(at) >= start:
+                start, since = aware(at), row._mapping[f"id_{n}"]
+        if start <= cutoff:
+            candidates.append((f"{rule.name}:lapse:{row.client_id}:{since}", row))
+    today = now.date()
+    return [
+        Draft(
+            rule=rule,
+            dedupe_key=key,
+            to=_recipient(row),
+            client_id=row.client_id,
+            client_ref=row.ref,
+            **_consent(rule, row, today),
+        )
+        for key, row in _not_yet_queued(conn, candidates)
     ]
 
 
@@ -617,15 +783,19 @@ def preview(
             if client is None:
                 raise NotFound(f"rule {rule.name} is about a client: give --client REF")
             event_id = None
-            if rule.event:
+            kind = rule.event or rule.reply_event  # a reminder is about the event its email reported
+            if kind:
                 event_id = conn.execute(
                     select(events.c.id)
-                    .where(events.c.client_id == client.id, events.c.kind == rule.event)
+                    .where(events.c.client_id == client.id, events.c.kind == kind)
                     .order_by(events.c.occurred_at.desc())
                 ).scalar()
                 if event_id is None:
-                    raise NotFound(f"client {client_ref} has no {rule.event} event to report on")
-            context = client_context(settings, rule, load_history(conn, client.id), now, event_id)
+                    raise NotFound(f"client {client_ref} has no {kind} event to report on")
+            history = load_history(conn, client.id)
+            if rule.no_event and lapse_start(history, rule.no_event) is None:
+                raise NotFound(f"client {client_ref} has no initial assessment: no attendance to report on")
+            context = client_context(settings, rule, history, now, event_id)
     return renderer.render(rule.template, context)
 
 

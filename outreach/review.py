@@ -21,6 +21,7 @@ from outreach import store, tables
 from outreach.csvsafe import safe_cell
 from outreach.errors import NotFound
 from outreach.models import (
+    BOUNCED,
     MESSAGE_STATUSES,
     SENT,
     clients,
@@ -56,11 +57,14 @@ LOG_FIELDS = (
 _DIGEST = messages.alias("digest")
 
 
+WENT_OUT = (SENT, BOUNCED)  # a bounced message was sent: the server took it, then gave it back
+
+
 def _sent_message_id() -> Case[Any]:
     """The Message-ID that actually went out for this entry, or NULL while nothing has."""
     return case(
-        (messages.c.digest_id.is_not(None) & (_DIGEST.c.status == SENT), _DIGEST.c.message_id),
-        (messages.c.digest_id.is_(None) & (messages.c.status == SENT), messages.c.message_id),
+        (messages.c.digest_id.is_not(None) & _DIGEST.c.status.in_(WENT_OUT), _DIGEST.c.message_id),
+        (messages.c.digest_id.is_(None) & messages.c.status.in_(WENT_OUT), messages.c.message_id),
         else_=None,
     )
 
@@ -394,6 +398,11 @@ def show_message(conn: Connection, message_id: int, tz: tzinfo) -> str:
         lines.append(f"Server said: {row.smtp_response}")
     lines += ["", "Trail:"]
     lines += [f"  {when(t.at)}  {t.action:<10} {t.detail}".rstrip() for t in trail]
+    from outreach.replies import replies_lines
+
+    answers = replies_lines(conn, message_id, tz)
+    if answers:
+        lines += ["", "Replies:", *answers]
     lines += ["", "Text part:", "", row.text.rstrip()]
     return "\n".join(lines)
 

@@ -7,10 +7,16 @@ templates, unknown event kinds and bad durations are all errors.
     [rules.progress_report]
     when = { every = "30d", since = "initial_assessment" }
     template = "progress_report"
+
+Two kinds of rule fire when something does NOT happen (silence rules):
+``{ no_reply = "RULE", within = "2d" }`` (no reply to that rule's email
+within so many business days) and ``{ no_event = ["KIND", ...], for =
+"14d" }`` (none of those events for so long while the client is active).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import tomllib
 from dataclasses import dataclass
@@ -33,13 +39,16 @@ RULE_KEYS = {
     "enabled",
     "loop",
     "loop_within",
+    "awaits_reply",
 }
-WHEN_KEYS = {"event", "every", "since", "scope", "consecutive"}
+WHEN_KEYS = {"event", "every", "since", "scope", "consecutive", "no_reply", "within", "no_event", "for"}
+TRIGGERS = ("event", "every", "no_reply", "no_event")
 CALENDAR_PERIODS = ("month", "quarter")
 ANCHORS = (*EVENT_KINDS, "referral_date")
 DURATION_RE = re.compile(r"^\s*(\d+)\s*(m|h|d|w)\s*$")
 DURATION_UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 BUSINESS_DAYS_RE = re.compile(r"^\s*(\d+)\s+business\s+days?\s*$")
+SHORT_BUSINESS_DAYS_RE = re.compile(r"^\s*(\d+)\s*d\s*$")  # no_reply's within = "2d"
 MOST_BUSINESS_DAYS = 30
 TEMPLATE_PARTS = ("subject.txt", "body.html", "body.txt")
 
@@ -66,10 +75,29 @@ class Rule:
     # event; a recurring rule's, ``every`` after the last one sent.
     loop: str | None = None
     loop_within: int | None = None  # business days
+    # With loop: the email asks the physician for a decision (an adverse event
+    # alert), so the loop stays "awaiting direction" until a reply is read.
+    awaits_reply: bool = False
+    # Silence: no reply to rule ``no_reply``'s email within ``reply_within``
+    # business days of its sending (``reply_event``: that rule's event kind,
+    # filled in once every file is read) ...
+    no_reply: str | None = None
+    reply_within: int | None = None  # business days
+    reply_event: str | None = None
+    # ... or none of the ``no_event`` kinds for ``lapse`` while the client is active.
+    no_event: tuple[str, ...] = ()
+    lapse: timedelta | None = None
 
     @property
     def trigger(self) -> str:
-        return "event" if self.event else "every"
+        """``event``, ``every``, ``no_reply`` or ``no_event``: what makes the rule's email due."""
+        if self.event:
+            return "event"
+        if self.no_reply:
+            return "no_reply"
+        if self.no_event:
+            return "no_event"
+        return "every"
 
 
 def parse_duration(text: object) -> timedelta:
@@ -88,6 +116,22 @@ def parse_business_days(text: object) -> int:
     match = BUSINESS_DAYS_RE.match(text) if isinstance(text, str) else None
     if not match:
         raise ValueError(f"{text!r} is not a deadline like '2 business days'")
+    days = int(match[1])
+    if not 1 <= days <= MOST_BUSINESS_DAYS:
+        raise ValueError(f"{text!r}: give from 1 to {MOST_BUSINESS_DAYS} business days")
+    return days
+
+
+def parse_reply_within(text: object) -> int:
+    """``"2d"`` or ``"2 business days"`` as 2 (business days); ValueError otherwise."""
+    match = SHORT_BUSINESS_DAYS_RE.match(text) if isinstance(text, str) else None
+    if match is None:
+        try:
+            return parse_business_days(text)
+        except ValueError:
+            raise ValueError(
+                f"{text!r} is not a number of business days like '2d' or '2 business days'"
+            ) from None
     days = int(match[1])
     if not 1 <= days <= MOST_BUSINESS_DAYS:
         raise ValueError(f"{text!r}: give from 1 to {MOST_BUSINESS_DAYS} business days")
@@ -132,7 +176,29 @@ def check_rules(campaigns_dir: Path, templates_dir: Path) -> tuple[list[Rule], l
             if rule.loop is not None:
                 loops[rule.loop] = rule.name
             rules.append(rule)
-    return rules, problems
+    return _resolve_no_reply(rules, problems)
+
+
+def _resolve_no_reply(rules: list[Rule], problems: list[str]) -> tuple[list[Rule], list[str]]:
+    """A ``no_reply`` rule names an enabled rule (in any file) that emails about one client's event."""
+    by_name = {rule.name: rule for rule in rules}
+    resolved = []
+    for rule in rules:
+        if rule.no_reply is None:
+            resolved.append(rule)
+            continue
+        named = by_name.get(rule.no_reply)
+        where = f"{rule.source}: {rule.name}/when.no_reply"
+        if named is None:
+            known = ", ".join(sorted(r.name for r in rules if r.event)) or "none"
+            problems.append(f"{where}: no enabled rule named {rule.no_reply!r} (event rules: {known})")
+        elif not named.event:
+            problems.append(
+                f"{where}: rule {named.name!r} is not about an event; name a rule with when = {{ event = ... }}"
+            )
+        else:
+            resolved.append(dataclasses.replace(rule, reply_event=named.event))
+    return resolved, problems
 
 
 def _parse_file(path: Path, templates_dir: Path) -> tuple[list[Rule], list[str]]:
@@ -163,6 +229,7 @@ class _RuleBuilder:
     def __init__(self, path: Path, name: str, templates_dir: Path):
         self.path, self.name, self.templates_dir = path, name, templates_dir
         self.problems: list[str] = []
+        self.silence: str | None = None  # "no_reply" or "no_event": the rule fires on a silence
 
     def problem(self, key: str, message: str) -> None:
         # A quoted TOML name may hold a line break or a tab: shown escaped, a
@@ -194,6 +261,12 @@ class _RuleBuilder:
         fields["consent_required"] = self._bool(body, "consent_required", scope == "client")
         fields["description"] = str(body.get("description", ""))
         fields.update(self._loop(body, fields))
+        if self.silence:
+            # No event to wait after, nothing `outreach loops` follows; a lapse is reported however old.
+            ignored = ("delay", "loop", "max_age") if self.silence == "no_event" else ("delay", "loop")
+            for key in ignored:
+                if key in body:
+                    self.problem(key, f"does not apply to a {self.silence} rule")
         for key in ("enabled",):
             if key in body and not isinstance(body[key], bool):
                 self.problem(key, "must be true or false")
@@ -211,12 +284,83 @@ class _RuleBuilder:
         if scope not in ("client", "physician"):
             self.problem("when.scope", f"{scope!r} is not 'client' or 'physician'")
             scope = "client"
-        if ("event" in when) == ("every" in when):
-            self.problem("when", "give exactly one of 'event' or 'every'")
+        given = [key for key in TRIGGERS if key in when]
+        if len(given) != 1:
+            self.problem("when", "give exactly one of 'event' or 'every' (or 'no_reply' or 'no_event')")
             return {"scope": scope}
+        if given[0] in ("no_reply", "no_event"):
+            self.silence = given[0]
+            return self._when_silence(when, scope, given[0])
+        for key in ("within", "for"):
+            if key in when:
+                self.problem(f"when.{key}", "goes with 'no_reply' (within) or 'no_event' (for)")
         if "event" in when:
             return self._when_event(when, scope)
         return self._when_every(when, scope)
+
+    def _when_silence(self, when: dict, scope: str, trigger: str) -> dict:
+        """``{ no_reply = "RULE", within = "2d" }`` or ``{ no_event = ["KIND", ...], for = "14d" }``."""
+        if scope != "client" or "since" in when or "consecutive" in when:
+            self.problem(
+                "when", f"a {trigger} rule is about one client: no 'scope', 'since' or 'consecutive'"
+            )
+        other = "for" if trigger == "no_reply" else "within"
+        if other in when:
+            self.problem(f"when.{other}", f"does not go with '{trigger}'")
+        if trigger == "no_reply":
+            return self._when_no_reply(when)
+        return self._when_no_event(when)
+
+    def _when_no_reply(self, when: dict) -> dict:
+        name = when["no_reply"]
+        fields: dict = {"scope": "client"}
+        if not isinstance(name, str) or not re.fullmatch(r"[a-z0-9_]+", name):
+            self.problem(
+                "when.no_reply", f'{name!r} is not a rule name, e.g. no_reply = "adverse_event_alert"'
+            )
+        elif name == self.name:
+            self.problem("when.no_reply", "names this rule itself")
+        else:
+            fields["no_reply"] = name
+        if "within" not in when:
+            self.problem(
+                "when.within", 'missing: how long to wait for the reply, e.g. within = "2d" (business days)'
+            )
+            return fields
+        try:
+            fields["reply_within"] = parse_reply_within(when["within"])
+        except ValueError as exc:
+            self.problem("when.within", str(exc))
+        return fields
+
+    def _when_no_event(self, when: dict) -> dict:
+        kinds = when["no_event"]
+        fields: dict = {"scope": "client"}
+        if isinstance(kinds, str):
+            kinds = [kinds]
+        if not isinstance(kinds, list) or not kinds:
+            self.problem("when.no_event", 'must list event kinds, e.g. ["session_attended", "reassessment"]')
+        else:
+            unknown = [kind for kind in kinds if kind not in EVENT_KINDS]
+            for kind in unknown:
+                self.problem(
+                    "when.no_event", f"unknown event kind {kind!r} (known: {', '.join(EVENT_KINDS)})"
+                )
+            if not unknown:
+                fields["no_event"] = tuple(dict.fromkeys(kinds))
+        if "for" not in when:
+            self.problem("when.for", 'missing: how long without those events, e.g. for = "14d"')
+            return fields
+        try:
+            lapse = parse_duration(when["for"])
+        except ValueError as exc:
+            self.problem("when.for", str(exc))
+            return fields
+        if lapse < timedelta(days=1):
+            self.problem("when.for", "must be at least 1d")
+        else:
+            fields["lapse"] = lapse
+        return fields
 
     def _when_event(self, when: dict, scope: str) -> dict:
         kind = when["event"]
@@ -261,7 +405,18 @@ class _RuleBuilder:
         return {"scope": scope, "every": interval, "since": since}
 
     def _loop(self, body: dict, fields: dict) -> dict:
-        """``loop`` and ``loop_within``: an expected communication, and its deadline after the event."""
+        """``loop``, ``loop_within`` and ``awaits_reply``: an expected communication, its deadline, its answer."""
+        found = self._loop_deadline(body, fields)
+        if "awaits_reply" in body:
+            if not isinstance(body["awaits_reply"], bool):
+                self.problem("awaits_reply", "must be true or false")
+            elif "loop" not in found:
+                self.problem("awaits_reply", 'goes with loop = "NAME": a loop that waits for the answer')
+            else:
+                found["awaits_reply"] = body["awaits_reply"]
+        return found
+
+    def _loop_deadline(self, body: dict, fields: dict) -> dict:
         if "loop" not in body:
             if "loop_within" in body:
                 self.problem("loop_within", 'goes with loop = "NAME" (the name outreach loops shows)')

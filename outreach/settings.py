@@ -157,10 +157,23 @@ class Settings:
     web_secure_cookies: bool = False  # true behind a TLS proxy: the session cookie goes over HTTPS only
     web_idle_minutes: int = 15  # a console session ends after this long without a request
     web_trusted_proxies: tuple[str, ...] = ()  # X-Forwarded-* is believed only from these addresses
+    imap_host: str = ""  # the practice's mailbox, where replies and bounces arrive; "" = not read
+    imap_port: int = 0  # 0: the usual port for imap_security (993 for ssl, 143 otherwise)
+    imap_username: str = ""
+    imap_password: Secret = field(default_factory=lambda: Secret(""))
+    imap_security: str = "ssl"
+    imap_folder: str = "INBOX"
+    imap_done_folder: str = "outreach-done"  # handled mail is moved here, never deleted
+    imap_ca_file: Path | None = None
+    bounce_address: str = ""  # e.g. bounces@practice.example: per-message envelope senders (VERP)
 
     @property
     def tz(self) -> ZoneInfo:
         return ZoneInfo(self.timezone)
+
+    @property
+    def imap_port_or_usual(self) -> int:
+        return self.imap_port or (993 if self.imap_security == "ssl" else 143)
 
     @property
     def from_domain(self) -> str:
@@ -209,6 +222,15 @@ class Settings:
             web_secure_cookies=reader.boolean("WEB_SECURE_COOKIES", False),
             web_idle_minutes=reader.integer("WEB_IDLE_MINUTES", cls.web_idle_minutes, 1, 24 * 60),
             web_trusted_proxies=reader.addresses("WEB_TRUSTED_PROXIES"),
+            imap_host=reader.text("IMAP_HOST", ""),
+            imap_port=reader.integer("IMAP_PORT", 0, 0, 65535),
+            imap_username=reader.text("IMAP_USERNAME", ""),
+            imap_password=Secret(env.get("OUTREACH_IMAP_PASSWORD", "")),
+            imap_security=reader.choice("IMAP_SECURITY", cls.imap_security, SECURITY_MODES),
+            imap_folder=reader.text("IMAP_FOLDER", cls.imap_folder),
+            imap_done_folder=reader.text("IMAP_DONE_FOLDER", cls.imap_done_folder),
+            imap_ca_file=reader.ca_file("IMAP_CA_FILE"),
+            bounce_address=reader.email("BOUNCE_ADDRESS", ""),
         )
         return settings
 

@@ -19,7 +19,7 @@ from datetime import datetime, timedelta, tzinfo
 from sqlalchemy import Connection, Engine, func, select, update
 
 from outreach import store
-from outreach.models import MESSAGE_STATUSES, PENDING, messages, workers
+from outreach.models import MESSAGE_STATUSES, PENDING, messages, physicians, workers
 from outreach.rerender import FIX_HINT, never_rendered
 
 STALE_AFTER_TICKS = 2
@@ -86,6 +86,7 @@ class Health:
     last_error: str | None
     last_error_at: datetime | None
     stale: list[str] = field(default_factory=list)  # "name (last heartbeat 45 s ago)"
+    undeliverable: list[str] = field(default_factory=list)  # "a@b (since 2026-11-25: bounced: 550 5.1.1 ...)"
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -120,6 +121,14 @@ def health(conn: Connection, now: datetime, tick_seconds: int) -> Health:
         last_error_at=latest.last_error_at if latest else None,
         stale=[f"{r.name} (last heartbeat {_ago(now - r.heartbeat_at)} ago)" for r in stale],
     )
+    result.undeliverable = [
+        f"{r.email} (since {r.undeliverable_on}: {r.undeliverable_reason or 'no reason recorded'})"
+        for r in conn.execute(
+            select(physicians.c.email, physicians.c.undeliverable_on, physicians.c.undeliverable_reason)
+            .where(physicians.c.undeliverable_on.is_not(None))
+            .order_by(physicians.c.email)
+        )
+    ]
     if not rows:
         result.problems.append("the service has never run (no heartbeat)")
     elif not running:
@@ -133,7 +142,8 @@ def health(conn: Connection, now: datetime, tick_seconds: int) -> Health:
     ]
     if failing:
         r = failing[0]
-        result.problems.append(f"delivery failing since {r.last_error_at:%Y-%m-%d %H:%M} UTC: {r.last_error}")
+        what = "inbox not read" if (r.last_error or "").startswith("inbox:") else "delivery failing"
+        result.problems.append(f"{what} since {r.last_error_at:%Y-%m-%d %H:%M} UTC: {r.last_error}")
     unrendered = render_failures(conn, now - RENDER_FAILURES_FOR)
     if unrendered:
         result.problems.append(unrendered)
@@ -191,5 +201,8 @@ def format_health(h: Health, tz: tzinfo) -> str:
     lines.append(
         f"last error:      {h.last_error or 'none'}" + (f" ({when(h.last_error_at)})" if h.last_error else "")
     )
+    lines += [
+        f"undeliverable:   {a} (outreach physician address-ok EMAIL clears it)" for a in h.undeliverable
+    ]
     lines += [f"problem:         {p}" for p in h.problems]
     return "\n".join(lines)

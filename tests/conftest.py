@@ -29,6 +29,7 @@ NOW = datetime(2026, 11, 25, 15, 0, tzinfo=UTC)  # a Wednesday, 10:00 in New Yor
 # fixture below clears OUTREACH_* variables.
 POSTGRES_URL = os.environ.get("OUTREACH_TEST_POSTGRES_URL", "")
 DATABASES = ["sqlite", "postgresql"] if POSTGRES_URL else ["sqlite"]
+IMAP_SERVER = os.environ.get("OUTREACH_TEST_IMAP", "")  # .ci/run's Dovecot (tests/imap_server.py)
 # Replays the crash test's kill times (it prints the seed it used).
 CRASH_SEED = os.environ.get("OUTREACH_TEST_CRASH_SEED", "")
 
@@ -258,3 +259,36 @@ def demo_console(demo_engine, settings: Settings, quick_passwords):
 
     clock = Clock(NOW)
     return Console(create_app(settings, demo_engine, clock), demo_engine, clock)
+
+
+@pytest.fixture(scope="session")
+def imap_server():
+    """The real Dovecot IMAP server (``tests/imap_server.py``): ``.ci/run``'s (``OUTREACH_TEST_IMAP``),
+    else one started for this session with ``.ci/dovecot.sh`` when Dovecot is installed. Without
+    either the test is skipped, and fails under ``CI=true``."""
+    from tests.imap_server import ImapServer, dovecot_installed
+
+    def unavailable(reason: str):
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"no IMAP server: {reason}", pytrace=False)
+        pytest.skip(f"no IMAP server: {reason}")
+
+    if IMAP_SERVER:
+        yield ImapServer.parse(IMAP_SERVER)
+        return
+    if not dovecot_installed():
+        unavailable(
+            "OUTREACH_TEST_IMAP is not set and Dovecot is not installed (apt-get install dovecot-imapd)"
+        )
+    try:
+        server = ImapServer.start()
+    except RuntimeError as exc:
+        unavailable(f"OUTREACH_TEST_IMAP is not set and .ci/dovecot.sh could not start one: {exc}")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def imap_user(imap_server):
+    """A fresh user with an empty mailbox on ``imap_server`` (``.name``, ``.password``, ``.maildir``)."""
+    return imap_server.add_user()

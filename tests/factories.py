@@ -72,15 +72,18 @@ def shipped_rules(settings):
 
 
 def demo_clients_for(engine, rule):
-    """The demo clients a rule applies to (those with its event, for an event rule)."""
+    """The demo clients a rule applies to (those with its event, for an event rule).
+
+    A reminder (``no_reply``) is about its rule's event; a lapse (``no_event``)
+    needs an initial assessment to run from.
+    """
     from sqlalchemy import select
 
     from outreach.models import clients, events
 
+    kind = rule.event or rule.reply_event or ("initial_assessment" if rule.no_event else None)
     with store.read(engine) as conn:
         query = select(clients.c.ref, clients.c.first_name, clients.c.last_name, clients.c.diagnosis)
-        if rule.event:
-            query = query.where(
-                clients.c.id.in_(select(events.c.client_id).where(events.c.kind == rule.event))
-            )
+        if kind:
+            query = query.where(clients.c.id.in_(select(events.c.client_id).where(events.c.kind == kind)))
         return conn.execute(query.order_by(clients.c.id)).all()

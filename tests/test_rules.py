@@ -204,7 +204,7 @@ def test_a_misspelt_key_also_reports_the_missing_one(campaigns, templates):
     assert sorted(problems) == sorted(
         [
             f"{path}: assessment_note/tempalte: unknown key (allowed: "
-            "consent_required, delay, description, enabled, kind, loop, loop_within, max_age, priority, "
+            "awaits_reply, consent_required, delay, description, enabled, kind, loop, loop_within, max_age, priority, "
             "template, to, when)",
             f"{path}: assessment_note/template: missing: name a folder in the templates directory",
         ]

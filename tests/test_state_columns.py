@@ -432,6 +432,7 @@ def test_loops_follow_what_the_rules_declare(demo_engine, settings):
             "initial assessment report",
             "progress report",
             "discharge summary",
+            "adverse event alert",
         }
         later = [replace(r, loop_within=5) if r.name == "referral_acknowledgement" else r for r in rules]
         untracked = [replace(r, loop=None) if r.name == "discharge_summary" else r for r in rules]

@@ -99,6 +99,7 @@ def test_outreach_physicians_table_is_unchanged():
             "median_days_to_first_report": 2.5,
             "emails_sent": 40,
             "last_contact": "2026-11-25 10:00",
+            "undeliverable": None,
         },
         {
             "physician": "Priya Nair",
@@ -109,12 +110,14 @@ def test_outreach_physicians_table_is_unchanged():
             "median_days_to_first_report": None,
             "emails_sent": 0,
             "last_contact": None,
+            "undeliverable": "since 2026-11-25: bounced: 550 5.1.1",
         },
     ]
     assert format_physicians(rows, "table") == (
-        "PHYSICIAN      EMAIL            REF 90D  REF ALL  CONVERSION  DAYS TO 1ST REPORT  EMAILS  LAST CONTACT\n"
+        "PHYSICIAN      EMAIL            REF 90D  REF ALL  CONVERSION  DAYS TO 1ST REPORT  EMAILS  LAST CONTACT      ADDRESS\n"
         "Maria Alvarez  m@r.example.org  3        12       75 %        2.5                 40      2026-11-25 10:00\n"
-        "Priya Nair     p@n.example.org  0        0        -           -                   0       never"
+        "Priya Nair     p@n.example.org  0        0        -           -                   0       never             "
+        "undeliverable since 2026-11-25: bounced: 550 5.1.1"
     )
     assert format_physicians([], "table") == "(no physicians)"
 

@@ -138,8 +138,24 @@ def test_counts_follow_every_filter_but_status_in_one_grouped_count(logged):
     with store.read(engine) as conn:
         everything = count_by_status(conn, LogQuery())
         smith = count_by_status(conn, LogQuery(physician=SMITH, status=SENT, before="2030-01-01T00:00:00Z_1"))
-    assert everything == {"pending": 4, "sending": 0, "sent": 1, "failed": 1, "suppressed": 1, "cancelled": 0}
-    assert smith == {"pending": 2, "sending": 0, "sent": 1, "failed": 1, "suppressed": 0, "cancelled": 0}
+    assert everything == {
+        "pending": 4,
+        "sending": 0,
+        "sent": 1,
+        "failed": 1,
+        "suppressed": 1,
+        "cancelled": 0,
+        "bounced": 0,
+    }
+    assert smith == {
+        "pending": 2,
+        "sending": 0,
+        "sent": 1,
+        "failed": 1,
+        "suppressed": 0,
+        "cancelled": 0,
+        "bounced": 0,
+    }
 
 
 @pytest.mark.parametrize(

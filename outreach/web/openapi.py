@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import Boolean, Column, Date, Float, Integer, Table
 
 from outreach.importer import SPECS
+from outreach.loops import STATES
 from outreach.models import (
     CLIENT_STATUSES,
     EVENT_KINDS,
@@ -239,7 +240,7 @@ def _schemas() -> dict[str, Schema]:
                 "client_ref": TEXT,
                 "physician_email": TEXT,
                 "loop": {"type": "string", "description": "the expected communication"},
-                "state": {"type": "string", "enum": ["blocked", "overdue", "due", "done"]},
+                "state": {"type": "string", "enum": list(STATES)},
                 "due_at": _nullable(MOMENT),
                 "done_at": _nullable(MOMENT),
                 "detail": TEXT,

@@ -41,8 +41,8 @@ def loops() -> tuple[str, int]:
     audit("view loops", f"physician {chosen.lower()}" if chosen else "all physicians")
     page = render_template(
         "loops.html",
-        open=[lp for lp in found if lp.state != "done"],
-        done=[lp for lp in found if lp.state == "done"],
+        open=[lp for lp in found if lp.state not in loop_queries.CLOSED],
+        done=[lp for lp in found if lp.state in loop_queries.CLOSED],
         counts=Counter(lp.state for lp in found),
         doctors=doctors,
         chosen=chosen.lower(),
