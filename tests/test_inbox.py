@@ -13,7 +13,7 @@ import subprocess
 import sys
 import threading
 import time
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
 from pathlib import Path
@@ -443,3 +443,32 @@ def test_bad_mail_is_recorded_with_its_problem_and_never_stops_the_fetch(
     assert report.kinds.get("reply", 0) >= 1 and sum(report.kinds.values()) == 2
     bad = next(row for row in recorded(demo_engine) if row.uid == 1)
     assert bad.reason  # what could not be read, or why it matched nothing
+
+
+def test_a_non_standard_bounce_is_matched_by_the_address_it_names(
+    demo_engine, mail_settings, imap_server, imap_user
+):
+    """A qmail bounce (no RFC 3464 report, no Message-ID, no VERP of ours): matched by its recipient."""
+    raw = (ROOT / "tests" / "mail" / "bounce_qmail.eml").read_bytes()
+    address = "r.nguyen@westbrook-clinic.example"
+    sent_at = datetime(2026, 11, 25, 9, 29, tzinfo=UTC)  # a minute before the bounce's Date
+    message_id, _ = sent_message(demo_engine, recipient=address, sent_at=sent_at)
+    imap_server.append(imap_user, raw)
+    assert fetch(demo_engine, mail_settings, NOW).kinds == {"bounce": 1}
+    with store.read(demo_engine) as conn:
+        assert conn.execute(select(messages.c.status).where(messages.c.id == message_id)).scalar() == BOUNCED
+
+
+def test_status_says_when_the_inbox_cannot_be_read(demo_engine):
+    from outreach import status
+
+    status.started(demo_engine, "worker-1", NOW)
+    status.record_error(
+        demo_engine, "worker-1", NOW, "inbox: IMAP mail.example.org:993: login refused for 'x'"
+    )
+    with store.read(demo_engine) as conn:
+        health = status.health(conn, NOW, 60)
+    assert health.problems == [
+        "inbox not read since "
+        f"{NOW:%Y-%m-%d %H:%M} UTC: inbox: IMAP mail.example.org:993: login refused for 'x'"
+    ]
