@@ -164,10 +164,13 @@ def fetch(engine: Engine, settings: Settings, now: datetime) -> FetchReport:
         for start in range(0, len(new), CHUNK):
             chunk = new[start : start + CHUNK]
             readable = [uid for uid in chunk if sizes.get(uid, 0) <= LARGEST]
+            too_big = [uid for uid in chunk if uid not in readable]
             bodies = box.fetch(readable, ["BODY.PEEK[]"]) if readable else {}
+            heads = box.fetch(too_big, ["BODY.PEEK[HEADER]"]) if too_big else {}
             for uid in chunk:
                 raw = bodies.get(uid, {}).get(b"BODY[]")
-                kind = _record(engine, settings, folder, validity, uid, raw, sizes.get(uid, 0), now)
+                head = heads.get(uid, {}).get(b"BODY[HEADER]", b"")
+                kind = _record(engine, settings, folder, validity, uid, raw or head, sizes.get(uid, 0), now)
                 if kind is None:
                     report.skipped += 1
                 else:
@@ -204,19 +207,21 @@ def _record(
     folder: str,
     validity: int,
     uid: int,
-    raw: bytes | None,
+    raw: bytes,
     size: int,
     now: datetime,
 ) -> str | None:
     """Record one email and what it means, in one transaction; None if it is already on record."""
     place = {"folder": folder, "uidvalidity": validity, "uid": uid, "created_at": now, "moved": False}
-    if raw is None:
+    if size > LARGEST:  # only its header was read: who sent it and what about, for a person to look at
+        head = parsing.parse(raw)
         row = {
             **place,
+            "header_message_id": head.message_id[:998] if head.message_id else None,
             "kind": "unmatched",
-            "sender": "",
-            "subject": "",
-            "received_at": now,
+            "sender": head.sender[:254],
+            "subject": head.subject,
+            "received_at": head.date or now,
             "text": "",
             "reason": f"too large to read ({size / 1024 / 1024:.0f} MB; the limit is {LARGEST // 1024 // 1024} MB)",
         }

@@ -371,6 +371,7 @@ def test_an_email_over_the_size_limit_is_recorded_unread(
     assert fetch(demo_engine, mail_settings, NOW).kinds == {"unmatched": 1}
     (row,) = recorded(demo_engine)
     assert row.raw is None and row.reason.startswith("too large to read")
+    assert (row.sender, row.subject) == (DOCTOR, "Re: Progress report")  # from its header alone
 
 
 def alert_loop(engine, cfg, when=NOW):
@@ -472,3 +473,18 @@ def test_status_says_when_the_inbox_cannot_be_read(demo_engine):
         "inbox not read since "
         f"{NOW:%Y-%m-%d %H:%M} UTC: inbox: IMAP mail.example.org:993: login refused for 'x'"
     ]
+
+
+@pytest.mark.slow
+def test_a_thirty_megabyte_email_is_recorded_without_being_downloaded(
+    demo_engine, mail_settings, imap_server, imap_user
+):
+    _, header = sent_message(demo_engine)
+    attachment = "A" * (30 * 1024 * 1024)
+    imap_server.append(imap_user, email(body=f"Scan attached.\n{attachment}\n", In_Reply_To=header))
+    imap_server.append(imap_user, reply_to(header))  # the fetch goes on past it
+    assert fetch(demo_engine, mail_settings, NOW).kinds == {"unmatched": 1, "reply": 1}
+    big = next(row for row in recorded(demo_engine) if row.kind == "unmatched")
+    assert big.raw is None and big.reason.startswith("too large to read (3")
+    assert big.reason.endswith("MB; the limit is 25 MB)") and big.sender == DOCTOR
+    assert len(imap_server.folder_messages(imap_user, "INBOX")) == 1  # left for a person
