@@ -160,12 +160,7 @@ def _measurements(conn: Connection, client_ids: list[int]) -> dict[int, list]:
     found: dict[int, list] = {}
     for chunk in store.chunks(client_ids):
         rows = conn.execute(
-            select(
-                measurements.c.client_id,
-                measurements.c.instrument,
-                measurements.c.score,
-                measurements.c.measured_on,
-            )
+            select(*measurements.c["client_id", "instrument", "score", "measured_on"])
             .where(measurements.c.client_id.in_(chunk))
             .order_by(measurements.c.client_id, measurements.c.instrument, measurements.c.measured_on)
         )
@@ -243,13 +238,9 @@ def load_histories(conn: Connection, client_ids: list[int]) -> dict[int, History
         # By client (the index on client_id): a condition on status here would
         # tempt the database into the index on status, most of the log.
         told = conn.execute(
-            select(
-                messages.c.client_id,
-                messages.c.rule,
-                messages.c.event_id,
-                messages.c.sent_at,
-                messages.c.status,
-            ).where(messages.c.client_id.in_(chunk), messages.c.event_id.is_not(None))
+            select(*messages.c["client_id", "rule", "event_id", "sent_at", "status"]).where(
+                messages.c.client_id.in_(chunk), messages.c.event_id.is_not(None)
+            )
         )
         for row in told:
             if row.status != SENT or row.sent_at is None:  # an update a digest carried is sent with it

@@ -134,6 +134,14 @@ def find_due(conn: Connection, rules: Iterable[Rule], settings: Settings, now: d
     return drafts
 
 
+def _client_columns() -> tuple[ColumnElement[Any], ...]:
+    """The client a draft is about, and what its consent check reads."""
+    return (
+        clients.c.id.label("client_id"),
+        *clients.c["ref", "consent_date", "consent_expires", "consent_revoked_on"],
+    )
+
+
 def _recipient_columns() -> tuple[ColumnElement[Any], ...]:
     return (
         physicians.c.id.label("physician_id"),
@@ -162,17 +170,26 @@ def _consent(rule: Rule, row: Any, today: date) -> dict:
     return {"suppress_reason": problem, "suppress_code": models.CONSENT if problem else None}
 
 
+def _about_client(rule: Rule, key: str, row: Any, today: date, event_id: int | None = None) -> Draft:
+    """A draft about one client (``row`` carries the client and their physician), to their physician."""
+    return Draft(
+        rule=rule,
+        dedupe_key=key,
+        to=_recipient(row),
+        client_id=row.client_id,
+        client_ref=row.ref,
+        event_id=event_id,
+        **_consent(rule, row, today),
+    )
+
+
 def _due_on_event(conn: Connection, rule: Rule, now: datetime) -> list[Draft]:
     key = literal(f"{rule.name}:event:") + cast(events.c.id, String)
     newest = now - rule.delay
     query = (
         select(
             events.c.id.label("event_id"),
-            clients.c.id.label("client_id"),
-            clients.c.ref,
-            clients.c.consent_date,
-            clients.c.consent_expires,
-            clients.c.consent_revoked_on,
+            *_client_columns(),
             *_recipient_columns(),
         )
         .select_from(events.join(clients).join(physicians))
@@ -190,16 +207,7 @@ def _due_on_event(conn: Connection, rule: Rule, now: datetime) -> list[Draft]:
         ends = _streak_ends(conn, {row.client_id for row in found}, rule.consecutive)
         found = [row for row in found if row.event_id in ends]
     return [
-        Draft(
-            rule=rule,
-            dedupe_key=f"{rule.name}:event:{row.event_id}",
-            to=_recipient(row),
-            client_id=row.client_id,
-            client_ref=row.ref,
-            event_id=row.event_id,
-            **_consent(rule, row, today),
-        )
-        for row in found
+        _about_client(rule, f"{rule.name}:event:{row.event_id}", row, today, row.event_id) for row in found
     ]
 
 
@@ -240,11 +248,7 @@ def _due_recurring_client(conn: Connection, rule: Rule, settings: Settings, now:
         )
     query = (
         select(
-            clients.c.id.label("client_id"),
-            clients.c.ref,
-            clients.c.consent_date,
-            clients.c.consent_expires,
-            clients.c.consent_revoked_on,
+            *_client_columns(),
             anchor.label("anchor"),
             *_recipient_columns(),
         )
@@ -262,17 +266,7 @@ def _due_recurring_client(conn: Connection, rule: Rule, settings: Settings, now:
             candidates.append((f"{rule.name}:client:{row.client_id}:{period}", row))
     new = _not_yet_queued(conn, candidates)
     today = now.date()
-    return [
-        Draft(
-            rule=rule,
-            dedupe_key=key,
-            to=_recipient(row),
-            client_id=row.client_id,
-            client_ref=row.ref,
-            **_consent(rule, row, today),
-        )
-        for key, row in new
-    ]
+    return [_about_client(rule, key, row, today) for key, row in new]
 
 
 def _due_no_reply(conn: Connection, rule: Rule, settings: Settings, now: datetime) -> list[Draft]:
@@ -302,11 +296,7 @@ def _due_no_reply(conn: Connection, rule: Rule, settings: Settings, now: datetim
             alert.c.id.label("alert_id"),
             alert.c.event_id,
             sent_at.label("sent_at"),
-            clients.c.id.label("client_id"),
-            clients.c.ref,
-            clients.c.consent_date,
-            clients.c.consent_expires,
-            clients.c.consent_revoked_on,
+            *_client_columns(),
             *_recipient_columns(),
         )
         .select_from(
@@ -330,16 +320,7 @@ def _due_no_reply(conn: Connection, rule: Rule, settings: Settings, now: datetim
     today = now.date()
     found = [row for row in conn.execute(query) if reply_due(settings, aware(row.sent_at), rule) <= now]
     return [
-        Draft(
-            rule=rule,
-            dedupe_key=f"{rule.name}:reply:{row.alert_id}",
-            to=_recipient(row),
-            client_id=row.client_id,
-            client_ref=row.ref,
-            event_id=row.event_id,
-            **_consent(rule, row, today),
-        )
-        for row in found
+        _about_client(rule, f"{rule.name}:reply:{row.alert_id}", row, today, row.event_id) for row in found
     ]
 
 
@@ -393,11 +374,7 @@ def _due_no_event(conn: Connection, rule: Rule, settings: Settings, now: datetim
                for what, col in (("at", at), ("id", event_id))]  # fmt: skip
     query = (
         select(
-            clients.c.id.label("client_id"),
-            clients.c.ref,
-            clients.c.consent_date,
-            clients.c.consent_expires,
-            clients.c.consent_revoked_on,
+            *_client_columns(),
             assessed.label("assessed"),
             *columns,
             *_recipient_columns(),
@@ -420,17 +397,7 @@ def _due_no_event(conn: Connection, rule: Rule, settings: Settings, now: datetim
         if start <= cutoff:
             candidates.append((f"{rule.name}:lapse:{row.client_id}:{since}", row))
     today = now.date()
-    return [
-        Draft(
-            rule=rule,
-            dedupe_key=key,
-            to=_recipient(row),
-            client_id=row.client_id,
-            client_ref=row.ref,
-            **_consent(rule, row, today),
-        )
-        for key, row in _not_yet_queued(conn, candidates)
-    ]
+    return [_about_client(rule, key, row, today) for key, row in _not_yet_queued(conn, candidates)]
 
 
 def _recently_reported(rule: Rule, now: datetime) -> Exists:

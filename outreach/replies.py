@@ -5,15 +5,11 @@
 
 from __future__ import annotations
 
-import csv
-import io
-import json
-from datetime import datetime, tzinfo
+from datetime import tzinfo
 
 from sqlalchemy import Connection, select
 
 from outreach import tables
-from outreach.csvsafe import safe_row
 from outreach.errors import NotFound
 from outreach.models import clients, inbound, physicians
 
@@ -85,25 +81,9 @@ def list_replies(
     return [{**row._mapping, "auto": bool(row.auto)} for row in conn.execute(query)]
 
 
-def _plain(row: dict) -> dict:
-    return {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in row.items()}
-
-
 def format_replies(rows: list[dict], fmt: str, tz: tzinfo) -> str:
-    if fmt == "json":
-        return json.dumps([_plain(row) for row in rows], ensure_ascii=False, indent=1)
-    if fmt == "csv":
-        out = io.StringIO()
-        writer = csv.DictWriter(out, fieldnames=FIELDS, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(
-            safe_row({k: "" if v is None else v for k, v in _plain(row).items()}) for row in rows
-        )
-        return out.getvalue().rstrip("\n")
-    if not rows:
-        return "(nothing received)"
-    cells = [
-        [
+    def cells(r: dict) -> list[str]:
+        return [
             str(r["id"]),
             f"{r['received_at'].astimezone(tz):%Y-%m-%d %H:%M}",
             r["kind"].replace("_", " "),
@@ -112,9 +92,9 @@ def format_replies(rows: list[dict], fmt: str, tz: tzinfo) -> str:
             r["from"],
             _first_line(r["text"] or r["reason"] or r["subject"]),
         ]
-        for r in rows
-    ]
-    return tables.format_table(["ID", "RECEIVED", "KIND", "MESSAGE", "CLIENT", "FROM", "SAYS"], cells)
+
+    headers = ["ID", "RECEIVED", "KIND", "MESSAGE", "CLIENT", "FROM", "SAYS"]
+    return tables.as_format(rows, fmt, FIELDS, headers, cells, "(nothing received)")
 
 
 def _first_line(text: str, width: int = 70) -> str:
