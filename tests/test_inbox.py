@@ -488,3 +488,32 @@ def test_a_thirty_megabyte_email_is_recorded_without_being_downloaded(
     assert big.raw is None and big.reason.startswith("too large to read (3")
     assert big.reason.endswith("MB; the limit is 25 MB)") and big.sender == DOCTOR
     assert len(imap_server.folder_messages(imap_user, "INBOX")) == 1  # left for a person
+
+
+def test_the_service_reads_the_inbox_every_tick_and_survives_a_wrong_password(
+    demo_engine, mail_settings, imap_server, imap_user
+):
+    from outreach import status
+    from outreach.daemon import Jobs, Service, guarded, make_clock
+
+    _, header = sent_message(demo_engine)
+    imap_server.append(imap_user, reply_to(header))
+    jobs = Jobs(Service.load(mail_settings, engine=demo_engine), make_clock(NOW), threading.Event())
+    inbox_job = dict(jobs.named())["inbox"]
+    inbox_job()
+    assert [row.kind for row in recorded(demo_engine)] == ["reply"]
+
+    wrong = Service.load(mail_settings.with_(imap_password=Secret("wrong password")), engine=demo_engine)
+    failing = Jobs(wrong, make_clock(NOW), threading.Event())
+    status.started(demo_engine, wrong.worker, NOW)
+    guarded("inbox", dict(failing.named())["inbox"], failing.record_error)()  # logged, never raised
+    with store.read(demo_engine) as conn:
+        health = status.health(conn, NOW, 60)
+    assert any(p.startswith("inbox not read since") and "login refused" in p for p in health.problems)
+    assert "wrong password" not in " ".join(health.problems)
+    no_mailbox = Jobs(
+        Service.load(mail_settings.with_(imap_host=""), engine=demo_engine),
+        make_clock(NOW),
+        threading.Event(),
+    )
+    assert "inbox" not in dict(no_mailbox.named())
