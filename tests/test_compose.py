@@ -204,6 +204,7 @@ def cfg(tmp_path) -> Settings:
 # --- every shipped template, the demo practice -----------------------------------------
 
 
+@pytest.mark.slow
 def test_every_shipped_template_for_every_demo_client_is_the_same_email(demo_engine, settings):
     renderer = Renderer(settings.templates_dir)
     with store.read(demo_engine) as conn:
@@ -310,6 +311,7 @@ PROPERTY = hsettings(
     kind="relationship",
     reply_to="front-desk@rehab.example.org",
 )
+@pytest.mark.slow
 def test_generated_emails_are_the_same_email(
     cfg, subject, recipient_name, sender_name, practice_name, text, html, priority, kind, reply_to
 ):

@@ -147,6 +147,7 @@ def test_outcome_interpretation(code, baseline, latest, expected):
     assert outcome.interpretation == expected
 
 
+@pytest.mark.slow
 def test_cached_inlining_is_identical_to_premailer_for_every_template_and_demo_client(demo_engine, settings):
     """Inlining once per document shape gives byte for byte what premailer gives per message."""
     from outreach.context import client_context, load_history

@@ -20,6 +20,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import timedelta
 
+import pytest
 from sqlalchemy import func, select
 
 from outreach import store
@@ -181,6 +182,7 @@ class FaultyServer:
         return True
 
 
+@pytest.mark.slow
 def test_faulty_server_every_message_ends_sent_or_failed_never_lost_or_doubled(engine, settings):
     server = FaultyServer(seed=20261125).start()
     try:
