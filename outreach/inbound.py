@@ -66,6 +66,8 @@ from typing import TypeVar
 from flufl.bounce import all_failures
 from mailparser_reply import EmailMessage as ReplyText
 
+from outreach import verp
+
 KINDS = ("reply", "auto_reply", "bounce", "unmatched")  # unmatched is decided by the matcher, not here
 
 TEXT_LIMIT = 2_000  # characters: a bounce's text, and the fallback when no reply can be cut out
@@ -117,53 +119,10 @@ class Inbound:
 
 # --- VERP -----------------------------------------------------------------------------------
 
-_TOKEN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._=-]*")
-_LOCAL = re.compile(r"[^\s@<>()\[\],;:\"\\]+")
-
-
-def _split_bounce_address(bounce_address: str) -> tuple[str, str]:
-    local, at, domain = bounce_address.strip().rpartition("@")
-    if not (at and _LOCAL.fullmatch(local) and _LOCAL.fullmatch(domain) and "." in domain):
-        raise ValueError(f"{bounce_address!r} is not a bounce address like bounces@practice.example")
-    return local, domain
-
-
-def verp_address(bounce_address: str, token: str) -> str:
-    """``bounces@practice.example`` and ``42.ab12cd34`` make ``bounces+42.ab12cd34@practice.example``.
-
-    ``ValueError`` for a token that could not come back unchanged (empty, with
-    ``@``, ``+``, spaces or the like) or an address whose local part would
-    pass RFC 5321's 64 characters.
-    """
-    local, domain = _split_bounce_address(bounce_address)
-    if not _TOKEN.fullmatch(token):
-        raise ValueError(f"{token!r} cannot be a VERP token (letters, digits, '.', '_', '=', '-')")
-    if len(local) + 1 + len(token) > 64:
-        raise ValueError(f"{local}+{token} is longer than the 64 characters a local part may have")
-    return f"{local}+{token}@{domain}"
-
-
-def verp_token(address: str, bounce_address: str) -> str | None:
-    """The token of ``bounces+<token>@practice.example``; None for any other address.
-
-    The domain and the bounce address's own local part compare case-insensitively
-    (mail servers treat them so); the token comes back as the address has it.
-    """
-    local, domain = _split_bounce_address(bounce_address)
-    candidate = address.strip().removeprefix("<").removesuffix(">")
-    their_local, at, their_domain = candidate.rpartition("@")
-    if not at or their_domain.lower() != domain.lower():
-        return None
-    prefix = f"{local}+"
-    if not their_local.lower().startswith(prefix.lower()):
-        return None
-    token = their_local[len(prefix) :]
-    return token if _TOKEN.fullmatch(token) else None
-
 
 def verp_tokens(inbound: Inbound, bounce_address: str) -> tuple[str, ...]:
     """Every VERP token among the email's recipients (Delivered-To, X-Original-To, To, Cc), in order."""
-    found = (verp_token(address, bounce_address) for address in inbound.recipients)
+    found = (verp.token_in(address, bounce_address) for address in inbound.recipients)
     return tuple(dict.fromkeys(token for token in found if token))
 
 

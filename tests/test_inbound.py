@@ -31,10 +31,10 @@ from outreach.inbound import (
     html_to_text,
     new_text,
     parse,
-    verp_address,
-    verp_token,
     verp_tokens,
 )
+from outreach.verp import address as verp_address
+from outreach.verp import token_in as verp_token
 
 MAIL = Path(__file__).parent / "mail"
 SAMPLES = sorted(p.name for p in MAIL.glob("*.eml"))

@@ -14,7 +14,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
-from urllib.parse import quote
 
 from flask import Blueprint, Response, abort, flash, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
@@ -52,18 +51,9 @@ def _when(moment: datetime | None) -> str:
     return moment.astimezone(settings().tz).strftime("%Y-%m-%d %H:%M") if moment else ""
 
 
-def _client_href(ref: str) -> str:
-    """A client's page (``clients.client``), built by hand so this page never depends on that module."""
-    return "/clients/" + quote(ref, safe="")
-
-
-def _physician_href(email: str) -> str:
-    return "/physicians/" + quote(email, safe="@")
-
-
 @bp.context_processor
 def _helpers() -> dict[str, Callable[..., str]]:
-    return {"when": _when, "client_href": _client_href, "physician_href": _physician_href}
+    return {"when": _when}
 
 
 # --- the log ---------------------------------------------------------------------------
