@@ -61,8 +61,11 @@ IMPORT_KINDS = ("physicians", "clients", "events", "measures")
 # makes it failed. Suppressed: may not go now (``reason`` says why) and may
 # go later, e.g. once consent is on record. Cancelled: will never go.
 # Bounced: the server took it, then a permanent delivery failure came back
-# (a DSN read from the practice's inbox, ``outreach.inbox``).
-PENDING, SENDING, SENT, FAILED, SUPPRESSED, CANCELLED, BOUNCED = (
+# (a DSN read from the practice's inbox, ``outreach.inbox``). Redirected: sent,
+# but to the staging addresses (``OUTREACH_REDIRECT_ALL_TO``, the row's
+# ``redirected_to``), never to the physician; final, and counted nowhere a
+# physician's mail is counted (caps, loops, last contact).
+PENDING, SENDING, SENT, FAILED, SUPPRESSED, CANCELLED, BOUNCED, REDIRECTED = (
     "pending",
     "sending",
     "sent",
@@ -70,8 +73,11 @@ PENDING, SENDING, SENT, FAILED, SUPPRESSED, CANCELLED, BOUNCED = (
     "suppressed",
     "cancelled",
     "bounced",
+    "redirected",
 )
-MESSAGE_STATUSES = (PENDING, SENDING, SENT, FAILED, SUPPRESSED, CANCELLED, BOUNCED)
+MESSAGE_STATUSES = (PENDING, SENDING, SENT, FAILED, SUPPRESSED, CANCELLED, BOUNCED, REDIRECTED)
+# States a message never leaves by itself; the retention setting may remove their bodies.
+FINAL_STATUSES = (SENT, FAILED, BOUNCED, SUPPRESSED, CANCELLED, REDIRECTED)
 
 # Why a message was suppressed or cancelled (``messages.reason``), a fixed
 # vocabulary that code can select on; ``last_error`` keeps the sentence a
@@ -112,6 +118,8 @@ TRAIL_ACTIONS = (
     "bounced",  # a permanent failure reported after the server took it (the DSN's diagnostic)
     "delayed",  # a transient DSN (4.x.x): written to the trail only
     "replied",  # the physician answered (or an auto-reply came back)
+    "redirected",  # staging: sent to the staging addresses instead of the physician
+    "purged",  # the body was removed under the retention setting (its SHA-256 kept)
 )
 
 PRIORITY_NORMAL, PRIORITY_URGENT = 0, 10
@@ -272,6 +280,11 @@ messages = Table(
     _created_at(),
     _updated_at(),
     Column("sent_at", UTCDateTime, nullable=True),
+    # Staging: where this attempt goes instead of the recipient (comma-separated), set at claim.
+    Column("redirected_to", Text, nullable=True),
+    # Retention: when the body was removed, and the SHA-256 of what was removed.
+    Column("body_removed_at", UTCDateTime, nullable=True),
+    Column("body_sha256", String(64), nullable=True),
     Index("ix_messages_queue", "status", "next_attempt_at"),
     # A client's messages; with template, status and date the planner's "sent
     # recently?" check is answered from the index alone.
@@ -466,6 +479,8 @@ inbound = Table(
     Column("raw", LargeBinary, nullable=True),  # the message as received
     Column("moved", Boolean, nullable=False, default=False),  # moved to the done folder
     Column("moving_until", UTCDateTime, nullable=True),  # a fetch is moving it (a lease, for a crash)
+    Column("body_removed_at", UTCDateTime, nullable=True),  # retention: text and raw removed
+    Column("body_sha256", String(64), nullable=True),  # of the raw email removed
     _created_at(),
     UniqueConstraint("folder", "uidvalidity", "uid", name="uq_inbound_place"),
     Index("ix_inbound_kind_received", "kind", "received_at"),

@@ -166,6 +166,12 @@ class Settings:
     imap_done_folder: str = "outreach-done"  # handled mail is moved here, never deleted
     imap_ca_file: Path | None = None
     bounce_address: str = ""  # e.g. bounces@practice.example: per-message envelope senders (VERP)
+    redirect_all_to: tuple[str, ...] = ()  # staging: every email goes here instead, none to a physician
+    retention_days: int | None = None  # None: keep every body; else remove final messages' bodies after
+
+    @property
+    def staging(self) -> bool:
+        return bool(self.redirect_all_to)
 
     @property
     def tz(self) -> ZoneInfo:
@@ -231,6 +237,8 @@ class Settings:
             imap_done_folder=reader.text("IMAP_DONE_FOLDER", cls.imap_done_folder),
             imap_ca_file=reader.ca_file("IMAP_CA_FILE"),
             bounce_address=reader.email("BOUNCE_ADDRESS", ""),
+            redirect_all_to=reader.read("REDIRECT_ALL_TO", (), _emails),
+            retention_days=reader.read("RETENTION_DAYS", None, _retention_days),
         )
         return settings
 
@@ -291,6 +299,27 @@ def _email(value: str) -> str:
     if problem:
         raise ValueError(problem)
     return value
+
+
+def _emails(value: str) -> tuple[str, ...]:
+    """A comma-separated list of addresses, each checked, none twice."""
+    found: list[str] = []
+    for item in (part.strip() for part in value.split(",")):
+        if not item:
+            raise ValueError("an empty address in the list (two commas, or one at the end)")
+        problem = address_problem(item)
+        if problem:
+            raise ValueError(problem)
+        if item.lower() not in (known.lower() for known in found):
+            found.append(item)
+    return tuple(found)
+
+
+def _retention_days(value: str) -> int:
+    days = _as(int, value, f"{value!r} is not a whole number of days")
+    if not 1 <= days <= 36_500:
+        raise ValueError(f"{days} is out of range (between 1 and 36500 days; unset it to keep everything)")
+    return days
 
 
 def _sender(value: str) -> dict[str, str]:
