@@ -20,7 +20,9 @@ loopback, and measures, in this order:
 6. review: ``outreach log`` as a command, and ``review.list_messages``;
 7. idle: CPU and peak RSS of ``outreach run`` while nothing is due;
 8. peak RSS of the plan + render + send cycle (2 and 3 run in a child
-   process for that reason).
+   process for that reason);
+9. retention: ``outreach purge`` of a year of bodies (the older half of the
+   log, under a 30-day retention), while another writer keeps writing.
 
 It prints one table (figure, value, target, met?) and writes the same as JSON.
 Linux only: the idle figures are read from ``/proc``. ``--profile DIR`` also
@@ -59,7 +61,7 @@ from pathlib import Path
 import sqlalchemy
 from sqlalchemy import Engine, Table, func, select, update
 
-from outreach import store
+from outreach import status, store
 from outreach.backends.smtp import SMTPBackend
 from outreach.compose import build_email
 from outreach.context import client_context, load_history
@@ -928,6 +930,68 @@ def measure_console(engine: Engine, settings: Settings, runs: int) -> dict:
     }
 
 
+PURGE_DAYS = 30
+# Run as of a year minus the retention before NOW: the bodies of the log's older year go.
+PURGE_AS_OF = NOW - timedelta(days=365 - PURGE_DAYS)
+PROBE_EVERY = 0.02  # seconds between the other writer's transactions
+
+
+def probe_writes(database_url: str, pipe: Connection) -> None:
+    """Process entry point: write a heartbeat (as the service does) until told to stop; send the waits."""
+    engine = store.connect(database_url)
+    status.heartbeat(engine, "bench-writer", PURGE_AS_OF)
+    pipe.send("ready")
+    waits = []
+    while not pipe.poll(PROBE_EVERY):
+        start = time.perf_counter()
+        status.heartbeat(engine, "bench-writer", PURGE_AS_OF)
+        waits.append(time.perf_counter() - start)
+    pipe.send(waits)
+    engine.dispose()
+
+
+def measure_purge(engine: Engine, settings: Settings, profile: Path | None) -> dict:
+    """Item 9: a year of bodies removed in chunks, and how long a writer beside it had to wait.
+
+    The writer is another process, as the service would be: every
+    ``PROBE_EVERY`` it writes its heartbeat, each a durable transaction
+    that must wait for the purge's chunk in progress (SQLite's one lock).
+    """
+    from outreach.retention import purge
+
+    context = multiprocessing.get_context("spawn")
+    pipe, child_end = context.Pipe()
+    writer = context.Process(target=probe_writes, args=(settings.database_url, child_end), daemon=True)
+    writer.start()
+    child_end.close()
+    try:
+        if not pipe.poll(60) or pipe.recv() != "ready":
+            raise BenchError("the writer beside the purge did not start")
+        with profiled(profile, "purge"):
+            start = time.perf_counter()
+            report = purge(engine, settings.with_(retention_days=PURGE_DAYS), PURGE_AS_OF, actor="bench")
+            seconds = time.perf_counter() - start
+        pipe.send("stop")
+        waits: list[float] = pipe.recv() if pipe.poll(60) else []
+    finally:
+        writer.join(10)
+        if writer.is_alive():
+            writer.terminate()
+            writer.join(5)
+        pipe.close()
+    if not report.messages or not report.finished or not waits:
+        raise BenchError(f"the purge removed {report.messages} bodies beside {len(waits)} writes")
+    return {
+        "purge_s": seconds,
+        "purged_messages": report.messages,
+        "purge_batches": report.batches,
+        "purge_longest_batch_s": report.longest_batch_s,
+        "purge_writer_wait_s": max(waits),
+        "purge_writer_median_s": statistics.median(waits),
+        "purge_writer_writes": len(waits),
+    }
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU of a process so far (``/proc/PID/stat`` fields 14 and 15)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -1049,6 +1113,12 @@ def judge(scale: Scale, r: dict) -> dict[str, Figure]:
                                    "< 100 MB", r["idle_peak_rss_mb"] < 100),
         "cycle_peak_rss_mb": Figure("plan + render + send peak RSS", r["cycle_peak_rss_mb"], "MB",
                                     "< 300 MB", r["cycle_peak_rss_mb"] < 300),
+        "purge_s": Figure(f"purge a year of bodies ({r['purged_messages']:,}, {PURGE_DAYS}-day retention)",
+                          r["purge_s"], "s"),
+        "purge_longest_batch_s": Figure(f"purge: longest of {r['purge_batches']:,} write transactions",
+                                        r["purge_longest_batch_s"], "s"),
+        "purge_writer_wait_s": Figure("purge: longest wait of a write beside it", r["purge_writer_wait_s"], "s",
+                                      "< 1 s", r["purge_writer_wait_s"] < 1.0),
     }  # fmt: skip
     return f
 
@@ -1158,6 +1228,8 @@ def run_bench(scale: Scale, database_url: str | None, folder: Path, profile: Pat
     r.update(measure_console(engine, settings, scale.runs))
     log_step(f"idle service for {scale.idle_seconds:g} s")
     r.update(measure_idle(settings, folder, scale.idle_seconds))
+    log_step("purge a year of bodies")  # last: it empties the older half of the log
+    r.update(measure_purge(engine, settings, profile))
     facts = environment_facts(engine)
     engine.dispose()
     figures = judge(scale, r)

@@ -49,6 +49,24 @@ def check_all(settings: Settings) -> tuple[list[str], list[str]]:
     return problems, loop_warnings(settings, rules) if not rule_problems else []
 
 
+def safety_settings(settings: Settings) -> list[str]:
+    """The staging and retention settings as found: what a practice checks before it trusts a run."""
+    from outreach.status import staging_line
+
+    staging = (
+        f"staging: ON, {staging_line(settings.redirect_all_to)}"
+        if settings.staging
+        else "staging: off, email goes to physicians (OUTREACH_REDIRECT_ALL_TO is not set)"
+    )
+    retention = (
+        f"retention: the bodies of messages final for more than {settings.retention_days} days are removed "
+        "once a day (OUTREACH_RETENTION_DAYS); their log entries and a SHA-256 stay"
+        if settings.retention_days
+        else "retention: every body is kept (OUTREACH_RETENTION_DAYS is not set)"
+    )
+    return [staging, retention]
+
+
 def loop_warnings(settings: Settings, rules: list[Rule]) -> list[str]:
     """Rule files from before loops were declared in them: ``outreach loops`` would list nothing."""
     if rules and not any(rule.loop for rule in rules):

@@ -241,9 +241,11 @@ def _give_starter_folder(key: str, target: Path, what: str) -> str:
 @pass_env
 def check(env: Env) -> None:
     """Validate settings, every rule file and every template."""
-    from outreach.checks import check_all
+    from outreach.checks import check_all, safety_settings
 
     problems, warnings = check_all(env.settings)
+    for line in safety_settings(env.settings):
+        click.echo(line)
     for warning in warnings:
         click.echo(f"warning: {warning}", err=True)
     for problem in problems:
@@ -350,7 +352,7 @@ physician.add_command(physician_deliverable, "address-ok")  # the name `outreach
 
 @cli.group()
 def client() -> None:
-    """A client's consent to share health information with their physician."""
+    """A client's consent to share health information, and their record on request."""
 
 
 @client.command("consent")
@@ -378,6 +380,32 @@ def client_revoke_consent(env: Env, client_ref: str, now: str | None) -> None:
     day = env.day(moment)
     records.revoke_consent(env.ready_engine(), client_ref, day, moment)
     click.echo(f"{client_ref}: consent revoked on {day}; queued updates about this client will not be sent")
+
+
+@client.command("export")
+@click.argument("client_ref")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="A new file to write (default: client-REF-YYYYMMDD.zip here); an existing one is refused.",
+)
+@now_option
+@pass_env
+def client_export(env: Env, client_ref: str, out: Path | None, now: str | None) -> None:
+    """Write everything held about CLIENT_REF to one zip, readable by you only.
+
+    The zip holds README.txt, record.json (details, consent, events,
+    measures, every message with its trail, every reply) and each email as
+    an .eml file. An update sent inside a digest is exported alone; the
+    digest is named by number only (it carried other clients' updates).
+    The export is recorded in the audit log.
+    """
+    from outreach.export import default_name, export_client
+
+    moment = env.now(now)
+    target = out or Path(default_name(client_ref, env.day(moment)))
+    done = export_client(env.ready_engine(), env.settings, client_ref, target, moment)
+    click.echo(f"wrote {target}: {done.counts()} (readable by you only)")
 
 
 @cli.group()
@@ -441,13 +469,15 @@ def send(env: Env, limit: int | None, now: str | None) -> None:
     from outreach.daemon import make_clock
 
     report = _service(env).send(make_clock(env.now(now) if now else None), limit=limit)
-    _print_send(report)
+    _print_send(report, env.settings)
     if report.aborted:
         sys.exit(1)
 
 
-def _print_send(report: SendReport) -> None:
+def _print_send(report: SendReport, settings: Settings) -> None:
     click.echo(f"sent {len(report.sent)}, deferred {len(report.deferred)}, failed {len(report.failed)}")
+    if settings.staging:
+        click.echo(f"staging: every email went to {', '.join(settings.redirect_all_to)}, none to a physician")
     if report.aborted:
         click.echo(f"error: sending stopped, messages left queued: {report.aborted}", err=True)
 
@@ -472,7 +502,7 @@ def run(env: Env, once: bool, now: str | None) -> None:
     if once:
         plan_report, send_report = service.cycle(clock)
         click.echo(f"planned {len(plan_report.queued)} new email(s)")
-        _print_send(send_report)
+        _print_send(send_report, env.settings)
         if send_report.aborted:
             sys.exit(1)
         return
@@ -491,7 +521,7 @@ def status_(env: Env, now: str | None) -> None:
     from outreach.status import format_health, health
 
     with store.read(env.ready_engine()) as conn:
-        report = health(conn, env.now(now), env.settings.tick_seconds)
+        report = health(conn, env.now(now), env.settings.tick_seconds, env.settings.redirect_all_to)
     click.echo(format_health(report, env.settings.tz))
     loose = store.loose_mode(env.settings.database_url)
     if loose:  # worth fixing, but the service is no less alive for it: not a reason to exit 1
@@ -722,6 +752,30 @@ def replies(env: Env, client: str | None, physician: str | None, unmatched: bool
     with store.read(env.ready_engine()) as conn:
         rows = list_replies(conn, client, physician, unmatched)
     click.echo(format_replies(rows, fmt, env.settings.tz))
+
+
+@cli.command()
+@click.option("--dry-run", is_flag=True, help="Count what would be removed; change nothing.")
+@now_option
+@pass_env
+def purge(env: Env, dry_run: bool, now: str | None) -> None:
+    """Remove bodies older than OUTREACH_RETENTION_DAYS; the log entries stay.
+
+    The HTML and text of messages final for longer than that (sent, failed,
+    bounced, suppressed, cancelled, redirected; a digest with all it
+    carried), and the text and raw copy of inbound mail recorded before
+    then. Never a pending or sending message. Each keeps its trail,
+    Message-ID, status, dates and the SHA-256 of what was removed.
+    """
+    from outreach.retention import NOT_SET
+    from outreach.retention import purge as purge_bodies
+
+    moment = env.now(now)
+    if env.settings.retention_days is None:  # said before the database is opened: nothing is touched
+        click.echo(NOT_SET)
+        return
+    report = purge_bodies(env.ready_engine(), env.settings, moment, dry_run=dry_run)
+    click.echo(report.summary(env.settings.tz))
 
 
 @cli.command()

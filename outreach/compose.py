@@ -24,6 +24,7 @@ the text as written.
 from __future__ import annotations
 
 import binascii
+import html
 import re
 import secrets
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ from outreach.settings import Settings, is_address  # the one address rule, also
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
 _OVERLONG_QP_LINE = re.compile(rb"^([^\r\n]{74})(=20|=09)(?=\r\n)", re.MULTILINE)
+_BODY_TAG = re.compile(r"<body\b[^>]*>", re.IGNORECASE)
 _MESSAGE_ID = re.compile(r"[\x21-\x7e]{1,900}")  # printable ASCII, no spaces, fits a line
 
 LINE = 78  # RFC 5322's recommended header line length; 998 is the hard limit
@@ -57,17 +59,55 @@ def one_line(value: str) -> str:
 
 
 def build_email(row: Any, settings: Settings, sent_at: datetime) -> Email:
-    """The email for a stored message row (``messages`` columns)."""
+    """The email for a stored message row (``messages`` columns).
+
+    A row redirected under staging (``redirected_to``) is addressed to the
+    staging addresses, names the physician in ``X-Outreach-Original-To`` and
+    opens both parts with the staging banner (``staging_banner``).
+    """
     boundary = f"=_{secrets.token_hex(12)}"  # "=_" never occurs in quoted-printable
     head = _headers(row, settings, sent_at, boundary)
+    text, html_part = row.text, row.html
+    if redirected_to(row):
+        banner = staging_banner(row)
+        text, html_part = f"{banner}\n\n{text}", _html_with_banner(html_part, banner)
     parts = (
         f"{head}\r\n\r\n--{boundary}\r\n".encode(),  # UTF-8 only for a non-ASCII address
-        _part("plain", row.text),
+        _part("plain", text),
         f"\r\n--{boundary}\r\n".encode("ascii"),
-        _part("html", row.html),
+        _part("html", html_part),
         f"\r\n--{boundary}--\r\n".encode("ascii"),
     )
     return Email(message_id=row.message_id, data=b"".join(parts))
+
+
+def redirected_to(row: Any) -> tuple[str, ...]:
+    """The staging addresses this message goes to instead of its recipient; empty when it is not redirected."""
+    value = getattr(row, "redirected_to", None)
+    return tuple(value.split(",")) if value else ()
+
+
+def envelope_recipients(row: Any) -> tuple[str, ...]:
+    """Who the server is asked to deliver to: the staging addresses, else the recipient."""
+    return redirected_to(row) or (row.recipient,)
+
+
+def staging_banner(row: Any) -> str:
+    """The one line that opens a redirected email, so nobody takes it for the physician's copy."""
+    name = one_line(row.recipient_name or "")
+    whom = f"{name} <{row.recipient}>" if name else row.recipient
+    return f"Staging: this email would have gone to {whom}. It was sent to you instead."
+
+
+def _html_with_banner(page: str, banner: str) -> str:
+    """The banner as the first thing in the body (or the page, if it has no body tag)."""
+    box = (
+        '<p style="margin:0 0 12px;padding:8px 12px;border:2px solid #b45309;'
+        f'background:#fef3c7;color:#78350f;font:bold 14px sans-serif">{html.escape(banner)}</p>'
+    )
+    body = _BODY_TAG.search(page)
+    at = body.end() if body else 0
+    return page[:at] + box + page[at:]
 
 
 def envelope_sender(row: Any, settings: Settings) -> str:
@@ -81,10 +121,13 @@ def _headers(row: Any, settings: Settings, sent_at: datetime, boundary: str) -> 
     """The top-level header block, CRLF-separated, without the final line end."""
     # A name given with the address (OUTREACH_FROM="Name <address>") is the one the practice chose.
     sender = one_line(settings.from_name) or one_line(f"{settings.sender_name}, {settings.practice_name}")
-    lines = [
-        _mailbox("From", sender, settings.from_addr),
-        _mailbox("To", one_line(row.recipient_name or ""), row.recipient),
-    ]
+    lines = [_mailbox("From", sender, settings.from_addr)]
+    staging = redirected_to(row)
+    if staging:  # the physician's address only where no mail client will reply or forward to it
+        lines.append(_fold("To:", [f"{_address(to)}," for to in staging[:-1]] + [_address(staging[-1])]))
+        lines.append(_mailbox("X-Outreach-Original-To", one_line(row.recipient_name or ""), row.recipient))
+    else:
+        lines.append(_mailbox("To", one_line(row.recipient_name or ""), row.recipient))
     if settings.reply_to:
         lines.append(f"Reply-To: {_address(settings.reply_to)}")
     lines.append(_fold("Subject:", _text_tokens(one_line(row.subject))))

@@ -37,6 +37,8 @@ from outreach.settings import Settings
 
 log = logging.getLogger(__name__)
 MAX_SLEEP = 60.0
+PURGE_EVERY = timedelta(days=1)  # the retention job: once a day (and at start)
+PURGE_BUDGET = 10.0  # seconds a tick may spend on it; a long purge goes on at the next tick
 
 
 def make_clock(now: datetime | None = None) -> Clock:
@@ -177,6 +179,7 @@ class Jobs:
     def __init__(self, service: Service, clock: Clock, stop: threading.Event):
         self.service, self.clock, self.stop = service, clock, stop
         self.failing: set[str] = set()
+        self.purged_at: datetime | None = None  # when the retention job last finished
 
     def record_error(self, error: str) -> None:
         """``error`` is ``"job: what happened"`` (see ``guarded``)."""
@@ -219,10 +222,30 @@ class Jobs:
             log.info("%s", report.summary())
         self._ok("inbox")
 
+    def purge(self) -> None:
+        """Remove the bodies ``OUTREACH_RETENTION_DAYS`` no longer keeps: at start, then once a day.
+
+        A tick spends at most ``PURGE_BUDGET`` on it, so sending never waits
+        long; the first purge of a year of mail simply takes a few ticks.
+        """
+        from outreach.retention import purge
+
+        now = self.clock()
+        if self.purged_at is not None and now - self.purged_at < PURGE_EVERY:
+            return
+        report = purge(self.service.engine, self.service.settings, now, budget=PURGE_BUDGET, actor="service")
+        if report.messages or report.inbound:
+            log.info("retention: %s", report.summary(self.service.settings.tz))
+        if report.finished:
+            self.purged_at = now
+        self._ok("purge")
+
     def named(self) -> list[tuple[str, Callable[[], None]]]:
         jobs = [("heartbeat", self.heartbeat), ("plan", self.plan), ("send", self.send)]
         if self.service.settings.imap_host:
             jobs.append(("inbox", self.inbox))
+        if self.service.settings.retention_days is not None:
+            jobs.append(("purge", self.purge))
         return jobs
 
 
@@ -259,6 +282,11 @@ def run_forever(service: Service, clock: Clock, control: Control) -> None:
         scheduler.every(every).seconds.do(guarded(name, job, jobs.record_error))
     guarded("start", lambda: status.started(service.engine, service.worker, clock()))()
     log.info("outreach running as %s: %d rule(s), tick every %ds", service.worker, len(service.rules), every)
+    if service.settings.staging:
+        log.warning(
+            "staging: every email goes to %s, none to a physician",
+            ", ".join(service.settings.redirect_all_to),
+        )
     scheduler.run_all()
     reload = guarded("reload", service.reload)
     while not control.stop.is_set():

@@ -131,6 +131,7 @@ def recent_sends(conn: Connection, physician_id: int, now: datetime) -> list[dat
                 messages.c.priority == PRIORITIES["normal"],
                 messages.c.digest_id.is_(None),
                 messages.c.status.in_((SENT, SENDING)),
+                messages.c.redirected_to.is_(None),  # staging mail counts toward no cap
                 left > now - CAP_PERIOD,
             )
             .order_by(left)

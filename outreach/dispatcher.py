@@ -24,6 +24,7 @@ import os
 import secrets
 import socket
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -48,16 +49,17 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from outreach import gate, store
 from outreach.backends.base import Backend, no_wait
-from outreach.compose import build_email, envelope_sender
+from outreach.compose import build_email, envelope_recipients, envelope_sender, redirected_to
 from outreach.errors import (
     BatchAbort,
     DatabaseError,
     NotFound,
     PermanentError,
     RecipientUnknown,
+    TooManyConnections,
     TransientError,
 )
-from outreach.models import FAILED, PENDING, SENDING, SENT, message_bodies, messages, utcnow
+from outreach.models import FAILED, PENDING, REDIRECTED, SENDING, SENT, message_bodies, messages, utcnow
 from outreach.outbox import DIGEST, log_line, mark_undeliverable, settle_members, trail, trail_many, with_body
 from outreach.settings import Settings
 
@@ -68,6 +70,9 @@ Regroup = Callable[[list[int], datetime], None]
 
 # What "the database is unavailable" looks like once ``store`` has had its say.
 DB_ERRORS = (DatabaseError, SQLAlchemyError)
+
+# What the server accepting a message is called in the trail: to the physician, or to staging.
+ACCEPTED = ("sent", "redirected")
 
 # A batch is judged by the gate when claimed, and again before each message
 # once this much time has passed: a long batch does not send on old news.
@@ -91,7 +96,7 @@ class _Outcome:
     recipient: str
     at: datetime
     values: dict[str, Any]
-    action: str  # sent, failed or deferred: also the list of the report it is counted in
+    action: str  # sent, redirected, failed or deferred: the trail's word and the report's list
     detail: str
     digest: bool = False  # a digest settles the updates it carries
     undeliverable: str | None = None  # the server says the mailbox does not exist: mark the address
@@ -120,9 +125,11 @@ class SendReport:
 def _count(report: SendReport, outcome: _Outcome) -> None:
     """An outcome on record goes in the report and in the log (on the sending thread)."""
     values = outcome.values
-    if outcome.action == "sent":
+    if outcome.action in ACCEPTED:
         report.sent.append(outcome.message_id)
-        log.info("message %s sent to %s: %s", outcome.message_id, outcome.recipient, outcome.detail)
+        log.info(
+            "message %s %s to %s: %s", outcome.message_id, outcome.action, outcome.recipient, outcome.detail
+        )
     elif outcome.action == "failed":
         report.failed.append(outcome.message_id)
         log.error("message %s failed: %s", outcome.message_id, values["last_error"])
@@ -134,6 +141,81 @@ def _count(report: SendReport, outcome: _Outcome) -> None:
             values["attempts"],
             values["last_error"],
         )
+
+
+class _Quota:
+    """How many more messages a pass may claim (``send --limit``), shared by its connections."""
+
+    def __init__(self, limit: int | None) -> None:
+        self.left, self._lock = limit, threading.Lock()
+
+    def take(self, wanted: int) -> int:
+        with self._lock:
+            if self.left is None:
+                return wanted
+            granted = min(wanted, self.left)
+            self.left -= granted
+            return granted
+
+    def give_back(self, unused: int) -> None:
+        with self._lock:
+            if self.left is not None:
+                self.left += unused
+
+
+class Pace:
+    """``OUTREACH_SMTP_MAX_PER_MINUTE``: emails evenly spaced, across every connection of the service."""
+
+    def __init__(self, per_minute: int | None) -> None:
+        self.interval = 60.0 / per_minute if per_minute else 0.0
+        self._next, self._lock = 0.0, threading.Lock()
+
+    def wait(self, stop: threading.Event | None) -> bool:
+        """Until this email's turn; False if ``stop`` was set meanwhile (the email must not go)."""
+        if not self.interval:
+            return True
+        with self._lock:
+            now = time.monotonic()
+            turn = max(now, self._next)
+            self._next = turn + self.interval
+        delay = turn - now
+        if delay <= 0:
+            return True
+        if stop is None:
+            time.sleep(delay)
+            return True
+        return not stop.wait(delay)
+
+
+class _Lanes:
+    """The connections of one pass still sending, so one the server refuses can leave the rest to them."""
+
+    def __init__(self, count: int) -> None:
+        self._active = set(range(count))
+        self._lock = threading.Lock()
+
+    def leave_if_others(self, lane: int) -> bool:
+        """Connection ``lane`` stops; True if another is still sending (its messages go to them)."""
+        with self._lock:
+            others = self._active - {lane}
+            if others:
+                self._active.discard(lane)
+            return bool(others)
+
+    def done(self, lane: int) -> None:
+        with self._lock:
+            self._active.discard(lane)
+
+
+@dataclass(frozen=True)
+class _Seat:
+    """One connection's place among the pass's connections."""
+
+    lanes: _Lanes
+    lane: int
+
+    def leave_if_others(self) -> bool:
+        return self.lanes.leave_if_others(self.lane)
 
 
 def _done(report: SendReport) -> set[int]:
@@ -178,6 +260,11 @@ def claim(engine: Engine, settings: Settings, limit: int, now: datetime, worker:
 
     Committed without waiting for the disk: a claim lost to a power cut only
     means the messages are claimed again, none of them having been sent.
+
+    Under staging each claim records where this attempt goes instead
+    (``redirected_to``), from the setting as it is now: a message queued while
+    staging was on and sent after it was turned off goes to its physician; one
+    sent to the staging addresses is ``redirected``, final, never sent again.
     """
     with store.write(engine, durable=False) as conn:
         query = (
@@ -200,7 +287,13 @@ def claim(engine: Engine, settings: Settings, limit: int, now: datetime, worker:
         conn.execute(
             update(messages)
             .where(messages.c.id.in_(ids))
-            .values(status=SENDING, lease_until=lease_until, claimed_by=worker, updated_at=now)
+            .values(
+                status=SENDING,
+                lease_until=lease_until,
+                claimed_by=worker,
+                updated_at=now,
+                redirected_to=",".join(settings.redirect_all_to) or None,
+            )
         )
         trail_many(conn, now, [(message_id, "claimed", worker) for message_id in ids])
         return list(
@@ -236,27 +329,74 @@ class Dispatcher:
         self.worker = worker or worker_name()
         self.regroup = regroup
         self.backlog = Backlog()
+        self.connections = settings.smtp_connections  # fewer once the server refuses one more (421)
+        self.pace = Pace(settings.smtp_max_per_minute)
 
     def send_due(self, limit: int | None = None, stop: threading.Event | None = None) -> SendReport:
         """Deliver due messages in batches until none is due, ``limit`` is reached or ``stop`` is set.
 
         Every message passes the gate (``screen_claimed``) after its claim and
-        before the backend sees it.
+        before the backend sees it. With ``OUTREACH_SMTP_CONNECTIONS`` above 1,
+        each connection is a thread of its own, claiming its own batches and
+        recording each outcome before its next DATA, as one connection does.
         """
         self.flush_backlog()
         report = SendReport(released=release_expired(self.engine, self.clock()))
-        remaining = limit
-        while not (stop and stop.is_set()) and (remaining is None or remaining > 0):
-            size = self.settings.batch_size if remaining is None else min(self.settings.batch_size, remaining)
+        quota = _Quota(limit)
+        if self.connections == 1:
+            self._lane(self.backend, report, quota, stop, None)
+            return report
+        lanes = _Lanes(self.connections)
+        backends = [self.backend, *(self.backend.another() for _ in range(self.connections - 1))]
+        raised: list[BaseException] = []
+
+        def lane(backend: Backend, seat: _Seat) -> None:
+            try:
+                self._lane(backend, report, quota, stop, seat)
+            except BaseException as exc:  # a database outage: raised below, as one connection raises it
+                raised.append(exc)
+            finally:
+                lanes.done(seat.lane)
+
+        threads = [
+            threading.Thread(
+                target=lane, args=(backend, _Seat(lanes, n)), name=f"outreach-send-{n}", daemon=True
+            )
+            for n, backend in enumerate(backends)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        if raised:
+            raise raised[0]
+        return report
+
+    def _claim_size(self) -> int:
+        """A batch: no more than a minute's worth under a rate limit, so no claim is held for long."""
+        per_minute = self.settings.smtp_max_per_minute
+        return min(self.settings.batch_size, per_minute) if per_minute else self.settings.batch_size
+
+    def _lane(
+        self,
+        backend: Backend,
+        report: SendReport,
+        quota: _Quota,
+        stop: threading.Event | None,
+        seat: _Seat | None,
+    ) -> None:
+        """One connection's pass: claim a batch, send it, until nothing is due or sending must stop."""
+        while not (stop and stop.is_set()):
+            size = quota.take(self._claim_size())
+            if not size:
+                break
             rows = claim(self.engine, self.settings, size, self.clock(), self.worker)
+            quota.give_back(size - len(rows))
             if not rows:
                 break
-            if remaining is not None:
-                remaining -= len(rows)
-            batch = _Batch(self, rows, report, stop)
+            batch = _Batch(self, backend, rows, report, stop, seat)
             if batch.screen() and not batch.send():
                 break
-        return report
 
     def deliver(self, row: Claimed) -> SendReport:
         """Send one claimed message and record its outcome before returning (no second thread)."""
@@ -316,39 +456,50 @@ class Dispatcher:
 
     # --- one message ---------------------------------------------------------------------------
 
-    def _attempt(self, row: Claimed, before_data: Callable[[], None]) -> _Outcome:
-        """Offer one claimed message to the backend; what happened, to be recorded.
+    def _attempt(
+        self, row: Claimed, before_data: Callable[[], None], backend: Backend | None = None
+    ) -> _Outcome:
+        """Offer one claimed message to the backend (this connection's); what happened, to be recorded.
 
         ``before_data`` runs just before the email is handed over.
         """
+        backend = backend or self.backend
         attempts = row.attempts + 1
         try:
             msg = build_email(row, self.settings, self.clock())
         except Exception as exc:  # a stored row no email can be made of: it will never go
             return self._failure(row, attempts, f"cannot build the email: {_describe(exc)}", "")
+        staging = redirected_to(row)
         try:
-            response = self.backend.send(msg, envelope_sender(row, self.settings), row.recipient, before_data)
+            response = backend.send(
+                msg, envelope_sender(row, self.settings), envelope_recipients(row), before_data
+            )
         except PermanentError as exc:
-            unknown = log_line(exc.reply) if isinstance(exc, RecipientUnknown) else None
+            # A staging address refused says nothing about the physician's.
+            unknown = log_line(exc.reply) if isinstance(exc, RecipientUnknown) and not staging else None
             return self._failure(row, attempts, log_line(exc), log_line(exc.reply), unknown)
         except TransientError as exc:
             return self._retry(row, attempts, log_line(exc), log_line(exc.reply))
         except (BatchAbort, *DB_ERRORS):
             raise
         except Exception as exc:  # a backend bug or an odd reply: retry this one, keep the batch going
-            self.backend.close()
-            log.debug(
-                "message %s: unexpected error from the %s backend", row.id, self.backend.name, exc_info=True
-            )
+            backend.close()
+            log.debug("message %s: unexpected error from the %s backend", row.id, backend.name, exc_info=True)
             return self._retry(row, attempts, _describe(exc), "")
         now, response = self.clock(), log_line(response)
         values = {
-            "status": SENT,
+            "status": REDIRECTED if staging else SENT,
             "attempts": attempts,
             "sent_at": now,
             "smtp_response": response,
             "last_error": None,
         }
+        if staging:
+            to, detail = (
+                ", ".join(staging),
+                f"staging: to {', '.join(staging)}, not {row.recipient}: {response}",
+            )
+            return _Outcome(row.id, to, now, values, "redirected", detail, _is_digest(row))
         return _Outcome(row.id, row.recipient, now, values, "sent", response, _is_digest(row))
 
     def _failure(
@@ -399,7 +550,7 @@ class Dispatcher:
         values = {"lease_until": None, "updated_at": outcome.at, "claimed_by": None, **outcome.values}
         if outcome.values.get("status") != PENDING:
             values["claimed_by"] = self.worker  # who sent (or failed) it stays on record
-        statement = _finish_statement(outcome.action == "sent", tuple(sorted(values)))
+        statement = _finish_statement(outcome.action in ACCEPTED, tuple(sorted(values)))
         with store.write(self.engine, durable=False, on=on) as conn:
             params = {f"new_{key}": value for key, value in values.items()}
             result = conn.execute(statement, {**params, "message": outcome.message_id, "worker": self.worker})
@@ -413,7 +564,7 @@ class Dispatcher:
             current = conn.execute(
                 select(messages.c.status, messages.c.claimed_by).where(messages.c.id == outcome.message_id)
             ).first()
-        if current is not None and current.status == outcome.values.get("status") == SENT:
+        if current is not None and current.status == outcome.values.get("status") in (SENT, REDIRECTED):
             return True  # written already: the commit went through before the connection dropped
         log.warning(
             "message %s: lease lost before its outcome was recorded (%s)", outcome.message_id, outcome.action
@@ -535,12 +686,25 @@ class _Recorder:
 
 
 class _Batch:
-    """One claimed batch on its way out: its lease, the gate's verdict, its recorder."""
+    """One claimed batch on its way out on one connection: its lease, the gate's verdict, its recorder."""
 
     def __init__(
-        self, dispatcher: Dispatcher, rows: list[Claimed], report: SendReport, stop: threading.Event | None
+        self,
+        dispatcher: Dispatcher,
+        backend: Backend,
+        rows: list[Claimed],
+        report: SendReport,
+        stop: threading.Event | None,
+        seat: _Seat | None = None,
     ) -> None:
-        self.dispatcher, self.rows, self.report, self.stop = dispatcher, rows, report, stop
+        self.dispatcher, self.backend, self.rows, self.report, self.stop = (
+            dispatcher,
+            backend,
+            rows,
+            report,
+            stop,
+        )
+        self.seat = seat
         self.judged_at: datetime | None = None
         self.refused: set[int] = set()
 
@@ -566,14 +730,14 @@ class _Batch:
             raise
         finally:
             recorder.close(quietly=True)
-            self.dispatcher.backend.close()
+            self.backend.close()
 
     def _offer(self, recorder: _Recorder) -> bool:
         d = self.dispatcher
         lease = timedelta(seconds=d.settings.lease_seconds)
         lease_until, held = d.clock() + lease, {row.id for row in self.rows}
         try:
-            d.backend.open()
+            self.backend.open()
             for index, row in enumerate(self.rows):
                 if self.stop is not None and self.stop.is_set():
                     recorder.settle()
@@ -588,12 +752,37 @@ class _Batch:
                     continue
                 if not self._allowed(index, recorder):
                     continue
-                recorder.submit(d._attempt(row, recorder.settle))
+                if not d.pace.wait(self.stop):  # stopped while waiting for its turn under the rate limit
+                    recorder.settle()
+                    now = d.clock()
+                    d._release(self.rows[index:], now, "", now)
+                    return False
+                recorder.submit(d._attempt(row, recorder.settle, self.backend))
+        except TooManyConnections as exc:
+            recorder.settle()
+            if self.seat is not None and self.seat.leave_if_others():
+                self._leave(exc)
+            else:
+                self._abort(exc)
+            return False
         except BatchAbort as exc:
             recorder.settle()
             self._abort(exc)
             return False
         return True
+
+    def _leave(self, exc: TooManyConnections) -> None:
+        """The server will not take this connection: its messages go back now, for the connections it took."""
+        d = self.dispatcher
+        now = d.clock()
+        unsent = [row for row in self.rows if row.id not in _done(self.report)]
+        why = f"left for another connection: {log_line(exc)}"
+        with store.write(d.engine) as conn:
+            d._hand_back(conn, [row.id for row in unsent], now, "", now, why)
+        with _LEARN:
+            if d.connections > 1:
+                d.connections -= 1
+                log.warning("%s; sending on %d connection(s) from now on", log_line(exc), d.connections)
 
     def _judge(self, rows: list[Claimed]) -> None:
         self.judged_at = self.dispatcher.clock()
@@ -617,6 +806,9 @@ class _Batch:
         d._release(unsent, now, reason, now + timedelta(seconds=d.settings.retry_base_seconds))
         self.report.aborted = reason
         log.error("sending stopped, %d message(s) left queued: %s", len(unsent), reason)
+
+
+_LEARN = threading.Lock()  # connections that learn the server's limit, one at a time
 
 
 @functools.cache
@@ -646,6 +838,20 @@ def _rendered() -> Exists:
     return exists().where(message_bodies.c.message_id == messages.c.id, message_bodies.c.html != "")
 
 
+def _refuse_purged(conn: Connection, ids: list[int]) -> None:
+    """``OutreachError`` naming the first of ``ids`` whose body the retention setting removed."""
+    from outreach.errors import OutreachError  # here: only a retry by id needs them
+    from outreach.retention import cannot_send
+
+    purged = conn.execute(
+        select(messages.c.id, messages.c.body_removed_at)
+        .where(messages.c.id.in_(ids), messages.c.body_removed_at.is_not(None))
+        .order_by(messages.c.id)
+    ).first()
+    if purged is not None:
+        raise OutreachError(cannot_send(purged.id, purged.body_removed_at))
+
+
 def retry_failed(
     engine: Engine, now: datetime, ids: list[int] | None = None, settings: Settings | None = None
 ) -> int:
@@ -658,7 +864,8 @@ def retry_failed(
     """
     from outreach.rerender import Rerenderer, store_redone
 
-    selected = messages.c.status == FAILED
+    # A body removed under the retention setting is gone: such a message is never sent again.
+    selected = (messages.c.status == FAILED) & messages.c.body_removed_at.is_(None)
     with store.read(engine) as conn:
         if ids is not None:
             found = dict(
@@ -667,6 +874,7 @@ def retry_failed(
             missing = [i for i in ids if i not in found]
             if missing:
                 raise NotFound(f"no message with id {', '.join(map(str, missing))}")
+            _refuse_purged(conn, ids)
             not_failed = [f"{i} is {found[i]}" for i in ids if found[i] != FAILED]
             if settings is None:  # nothing to render it with
                 unrendered = conn.execute(
@@ -683,9 +891,7 @@ def retry_failed(
         done = 0
         for chunk in store.chunks([row.id for row in rows if row.rendered]):
             retry_ids = list(
-                conn.execute(
-                    select(messages.c.id).where(messages.c.id.in_(chunk), messages.c.status == FAILED)
-                ).scalars()
+                conn.execute(select(messages.c.id).where(messages.c.id.in_(chunk), selected)).scalars()
             )
             if retry_ids:
                 conn.execute(

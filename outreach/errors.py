@@ -76,3 +76,12 @@ class BatchAbort(DeliveryError):
 
     Messages stay queued; the reason is recorded on each of them.
     """
+
+
+class TooManyConnections(BatchAbort):
+    """The server refused one more connection (421 at the greeting): most providers limit them.
+
+    With other connections open the dispatcher goes on with those and hands
+    this one's messages back to them; alone, it is a ``BatchAbort``. Never a
+    reason to fail mail.
+    """

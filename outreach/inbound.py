@@ -100,6 +100,9 @@ class Bounce:
     permanent: bool  # True for 5.x.x (or a non-standard bounce flufl calls permanent)
     diagnostic: str  # one line, e.g. "550 5.1.1 <a@b>: Recipient address rejected: User unknown" ("" if none)
     original_message_id: str | None  # the bounced message's Message-ID from the quoted headers, or None
+    # "Action: failed" with a 4.x.x status: the server kept trying, then gave up (its queue
+    # lifetime ran out). The message never arrives, but the address is not known to be bad.
+    gave_up: bool = False
 
 
 @dataclass(frozen=True)
@@ -417,6 +420,7 @@ class _Reader:
             permanent=permanent,
             diagnostic=diagnostic,
             original_message_id=self._attempt("quoted Message-ID", self._original_message_id, None),
+            gave_up=bool(failed) and not permanent,
         )
         return bounce, False
 

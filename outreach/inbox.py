@@ -36,8 +36,8 @@ from sqlalchemy.exc import IntegrityError
 from outreach import inbound as parsing
 from outreach import outbox, store, verp
 from outreach.errors import OutreachError
-from outreach.models import BOUNCED, SENT, inbound, messages, utcnow
-from outreach.settings import Settings
+from outreach.models import BOUNCED, REDIRECTED, SENT, inbound, messages, utcnow
+from outreach.settings import Settings, is_loopback
 
 log = logging.getLogger(__name__)
 
@@ -85,12 +85,6 @@ class Match:
 # --- the connection ---------------------------------------------------------------------
 
 
-def _is_loopback(host: str) -> bool:
-    from outreach.backends.smtp import is_loopback
-
-    return is_loopback(host)
-
-
 @contextmanager
 def mailbox(settings: Settings) -> Iterator[Any]:
     """A logged-in IMAPClient for the configured mailbox, TLS verified; ``InboxError`` if not."""
@@ -101,7 +95,7 @@ def mailbox(settings: Settings) -> Iterator[Any]:
     where = f"IMAP {s.imap_host}:{s.imap_port_or_usual}"
     if not s.imap_host:
         raise InboxError("OUTREACH_IMAP_HOST is not set: there is no mailbox to read")
-    if s.imap_security == "none" and not _is_loopback(s.imap_host):
+    if s.imap_security == "none" and not is_loopback(s.imap_host):
         raise InboxError(
             f"OUTREACH_IMAP_SECURITY: refusing unencrypted IMAP to {s.imap_host}: "
             "replies carry health information (use ssl or starttls)"
@@ -352,20 +346,27 @@ def _consequences(conn: Connection, mail: parsing.Inbound, found: Match, now: da
         outbox.trail(conn, found.message_id, now, "replied", who)
         return
     diagnostic = mail.bounce.diagnostic or mail.bounce.status or "no diagnostic given"
-    if not mail.bounce.permanent:
+    if not mail.bounce.permanent and not mail.bounce.gave_up:
         outbox.trail(conn, found.message_id, now, "delayed", diagnostic)
+        return
+    if found.status == REDIRECTED:  # a staging address bounced: nothing to say about the physician's
+        outbox.trail(conn, found.message_id, now, "bounced", f"staging address: {diagnostic}")
         return
     carried = [found.message_id]
     carried += list(
         conn.execute(select(messages.c.id).where(messages.c.digest_id == found.message_id)).scalars()
     )
+    # A server that gave up after retrying (4.x.x, "Action: failed"): it never arrived, but
+    # the address may be fine, so it is not marked.
+    said = f"the server gave up after retrying: {diagnostic}" if mail.bounce.gave_up else diagnostic
     conn.execute(
         update(messages)
         .where(messages.c.id.in_(carried), messages.c.status == SENT)
-        .values(status=BOUNCED, last_error=f"bounced: {diagnostic}"[:2000], updated_at=now)
+        .values(status=BOUNCED, last_error=f"bounced: {said}"[:2000], updated_at=now)
     )
-    outbox.trail_many(conn, now, [(i, "bounced", diagnostic) for i in carried])
-    outbox.mark_undeliverable(conn, found.message_id, f"bounced: {diagnostic}", now)
+    outbox.trail_many(conn, now, [(i, "bounced", said) for i in carried])
+    if not mail.bounce.gave_up:
+        outbox.mark_undeliverable(conn, found.message_id, f"bounced: {diagnostic}", now)
 
 
 # --- moving what was handled -------------------------------------------------------------------

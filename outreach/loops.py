@@ -26,6 +26,7 @@ from outreach.models import (
     BOUNCED,
     FAILED,
     PENDING,
+    REDIRECTED,
     SENDING,
     SENT,
     SUPPRESSED,
@@ -264,6 +265,9 @@ def _judge(person: Any, rule: Rule, sent: list, due: datetime, now: datetime, se
     if waiting:
         loop.message_id = waiting[-1].id
         loop.detail += f"; message {waiting[-1].id} queued"
+    staged = [m for m in sent if m.status == REDIRECTED]
+    if staged:  # staging: it went to the practice's own inbox, so for the physician it is still owed
+        loop.detail += f"; message {staged[-1].id} went to the staging address only"
     return loop
 
 

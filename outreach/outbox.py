@@ -17,7 +17,16 @@ from typing import Any
 from sqlalchemy import Connection, Select, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from outreach.models import FAILED, PENDING, SENT, message_bodies, message_events, messages, physicians
+from outreach.models import (
+    FAILED,
+    PENDING,
+    REDIRECTED,
+    SENT,
+    message_bodies,
+    message_events,
+    messages,
+    physicians,
+)
 from outreach.store import chunks
 
 log = logging.getLogger(__name__)
@@ -110,8 +119,8 @@ def trail_many(conn: Connection, at: datetime, steps: list[tuple[int, str, str]]
 
 
 def settle_members(conn: Connection, digest_id: int, status: str | None, now: datetime) -> int:
-    """The updates a digest carried share its fate: sent with it, or failed with it."""
-    if status not in (SENT, FAILED):
+    """The updates a digest carried share its fate: sent (or redirected) with it, or failed with it."""
+    if status not in (SENT, REDIRECTED, FAILED):
         return 0
     members = list(
         conn.execute(
@@ -123,11 +132,19 @@ def settle_members(conn: Connection, digest_id: int, status: str | None, now: da
     if status == SENT:
         values = {"status": SENT, "sent_at": now, "smtp_response": f"sent in digest message {digest_id}"}
         detail = f"delivered in digest message {digest_id}"
+    elif status == REDIRECTED:
+        values = {
+            "status": REDIRECTED,
+            "sent_at": now,
+            "smtp_response": f"redirected in digest message {digest_id}",
+        }
+        detail = f"went to the staging address in digest message {digest_id}, not to the physician"
     else:
         values = {"status": FAILED, "last_error": f"digest message {digest_id} failed"}
         detail = f"digest message {digest_id} failed; see its log entry"
     conn.execute(update(messages).where(messages.c.id.in_(members)).values(updated_at=now, **values))
-    trail_many(conn, now, [(i, "sent" if status == SENT else "failed", detail) for i in members])
+    action = {SENT: "sent", REDIRECTED: "redirected"}.get(status, "failed")
+    trail_many(conn, now, [(i, action, detail) for i in members])
     return len(members)
 
 

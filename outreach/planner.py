@@ -406,7 +406,8 @@ def _recently_reported(rule: Rule, now: datetime) -> Exists:
     return exists().where(
         messages.c.client_id == clients.c.id,
         messages.c.template == rule.template,
-        messages.c.status.in_((models.PENDING, models.SENDING, models.SENT)),
+        # A redirected one too: under staging the cadence is the one physicians will get.
+        messages.c.status.in_((models.PENDING, models.SENDING, models.SENT, models.REDIRECTED)),
         messages.c.created_at > now - rule.every,
     )
 
@@ -795,6 +796,7 @@ def reconsider_consent(
         & (messages.c.created_at >= oldest)
         & about_client
         & (messages.c.reason == models.CONSENT)
+        & messages.c.body_removed_at.is_(None)  # its body removed under the retention setting: never sent
         & consenting
     )
     with store.read(engine) as conn:
@@ -856,7 +858,11 @@ def _revive(
     with store.write(engine) as conn:
         done = conn.execute(
             update(messages)
-            .where(messages.c.id == row.id, messages.c.status == models.SUPPRESSED)
+            .where(
+                messages.c.id == row.id,
+                messages.c.status == models.SUPPRESSED,
+                messages.c.body_removed_at.is_(None),
+            )
             .values(
                 status=models.PENDING,
                 subject=rendered.subject,

@@ -651,9 +651,10 @@ def resend(engine: Engine, message_id: int, now: datetime, actor: str | None = N
     """
     import uuid  # this section's own imports: nothing else in the module needs them
 
-    from outreach.models import SENT, outbox_row
+    from outreach.models import REDIRECTED, SENT, outbox_row
     from outreach.outbox import insert_message, with_body
     from outreach.renderer import Rendered
+    from outreach.retention import cannot_send
 
     why = single_line(why, "why")
     if len(why) > WHY_LIMIT:
@@ -662,8 +663,10 @@ def resend(engine: Engine, message_id: int, now: datetime, actor: str | None = N
         row = conn.execute(with_body().where(messages.c.id == message_id)).first()
         if row is None:
             raise NotFound(f"no message with id {message_id}")
-        if row.status != SENT:
+        if row.status not in (SENT, REDIRECTED):  # a redirected one: staging is over, send it for real
             raise OutreachError(f"only sent messages can be resent: {message_id} is {row.status}")
+        if row.body_removed_at is not None:
+            raise OutreachError(cannot_send(message_id, row.body_removed_at))
         if row.kind == DIGEST:
             carried = conn.execute(
                 select(messages.c.id).where(messages.c.digest_id == message_id).order_by(messages.c.id)

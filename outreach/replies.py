@@ -26,6 +26,7 @@ FIELDS = (
     "auto",
     "bounce_status",
     "reason",
+    "text_removed_at",  # retention: when the text (and the raw email) was removed
 )
 
 
@@ -52,6 +53,7 @@ def list_replies(
             (inbound.c.kind == "auto_reply").label("auto"),
             inbound.c.bounce_status,
             inbound.c.reason,
+            inbound.c.body_removed_at.label("text_removed_at"),
         )
         .select_from(
             inbound.outerjoin(clients, clients.c.id == inbound.c.client_id).outerjoin(
@@ -90,11 +92,19 @@ def format_replies(rows: list[dict], fmt: str, tz: tzinfo) -> str:
             str(r["message_id"] or ""),
             r["client_ref"] or "",
             r["from"],
-            _first_line(r["text"] or r["reason"] or r["subject"]),
+            _first_line(_says(r, tz) or r["reason"] or r["subject"]),
         ]
 
     headers = ["ID", "RECEIVED", "KIND", "MESSAGE", "CLIENT", "FROM", "SAYS"]
     return tables.as_format(rows, fmt, FIELDS, headers, cells, "(nothing received)")
+
+
+def _says(row: dict, tz: tzinfo) -> str:
+    """The text received, or when the retention setting removed it."""
+    removed = row["text_removed_at"]
+    if removed:
+        return f"(text removed on {removed.astimezone(tz):%Y-%m-%d} under the retention setting)"
+    return str(row["text"] or "")
 
 
 def _first_line(text: str, width: int = 70) -> str:
@@ -110,5 +120,5 @@ def replies_lines(conn: Connection, message_id: int, tz: tzinfo) -> list[str]:
         what = {"reply": "reply", "auto_reply": "automatic reply", "bounce": "bounce"}.get(
             r["kind"], r["kind"]
         )
-        lines.append(f"  {when}  {what} from {r['from']}: {_first_line(r['text'] or r['subject'], 200)}")
+        lines.append(f"  {when}  {what} from {r['from']}: {_first_line(_says(r, tz) or r['subject'], 200)}")
     return lines

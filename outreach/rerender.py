@@ -51,9 +51,12 @@ PERIOD_KEYS = {"month": re.compile(r"(\d{4})-(\d{2})"), "quarter": re.compile(r"
 
 
 def never_rendered() -> ColumnElement[bool]:
-    """SQL: a failed message with no body to send (its template failed when it was queued)."""
+    """SQL: a failed message with no body to send (its template failed when it was queued).
+
+    Not one whose body the retention setting removed: that one was rendered, and sent or tried.
+    """
     has_body = exists().where(message_bodies.c.message_id == messages.c.id, message_bodies.c.html != "")
-    return (messages.c.status == FAILED) & ~has_body
+    return (messages.c.status == FAILED) & ~has_body & messages.c.body_removed_at.is_(None)
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from outreach.errors import NotFound
 from outreach.models import (
     BOUNCED,
     MESSAGE_STATUSES,
+    REDIRECTED,
     SENT,
     clients,
     message_bodies,
@@ -50,6 +51,7 @@ LOG_FIELDS = (
     "next_attempt_at",
     "smtp_response",
     "digest_id",
+    "redirected_to",
 )
 
 
@@ -57,7 +59,8 @@ LOG_FIELDS = (
 _DIGEST = messages.alias("digest")
 
 
-WENT_OUT = (SENT, BOUNCED)  # a bounced message was sent: the server took it, then gave it back
+# A bounced message was sent: the server took it, then gave it back. A redirected one went to staging.
+WENT_OUT = (SENT, BOUNCED, REDIRECTED)
 
 
 def _sent_message_id() -> Case[Any]:
@@ -89,6 +92,7 @@ def _log_query() -> Select[*tuple[Any, ...]]:
         messages.c.next_attempt_at,
         messages.c.smtp_response,
         messages.c.digest_id,
+        messages.c.redirected_to,
     ).select_from(messages.outerjoin(clients, clients.c.id == messages.c.client_id).outerjoin(
         physicians, physicians.c.id == messages.c.physician_id
     ).outerjoin(_DIGEST, _DIGEST.c.id == messages.c.digest_id))  # fmt: skip
@@ -320,6 +324,8 @@ def format_table(rows: list[dict], tz: tzinfo) -> str:
         note = row["last_error"] or ""
         if row["status"] == "sent" and row["sent_at"]:
             note = f"sent {row['sent_at'].astimezone(tz):%Y-%m-%d %H:%M}"
+        if row["status"] == REDIRECTED and row.get("redirected_to"):
+            note = f"staging: went to {row['redirected_to'].replace(',', ', ')}, not to the physician"
         if row["digest_id"]:
             note = f"in digest {row['digest_id']}" + (f", {note}" if note else "")
         table.append(
@@ -349,9 +355,24 @@ def _message_id_line(conn: Connection, row: Any) -> str:
     digest = conn.execute(
         select(messages.c.message_id, messages.c.status).where(messages.c.id == row.digest_id)
     ).one()
-    if digest.status == SENT:
-        return f"{digest.message_id} (sent inside digest {row.digest_id})"
+    if digest.status in (SENT, REDIRECTED):
+        return f"{digest.message_id} ({digest.status} inside digest {row.digest_id})"
     return f"none yet (to be sent inside digest {row.digest_id})"
+
+
+def _redirected_lines(row: Any) -> list[str]:
+    """Where a message went under staging instead of its recipient (``redirected_to``)."""
+    if not row.redirected_to:
+        return []
+    to = row.redirected_to.replace(",", ", ")
+    if row.status == REDIRECTED:
+        return [f"Redirected:  staging: sent to {to}, never to the physician"]
+    return [f"Redirected:  staging: the last attempt went to {to}, not to the physician"]
+
+
+def body_removed(removed_at: datetime, sha256: str | None, tz: tzinfo) -> str:
+    """What ``log show`` and the console say in place of a body the retention setting removed."""
+    return f"removed on {removed_at.astimezone(tz):%Y-%m-%d} under the retention setting (SHA-256 {sha256})"
 
 
 def show_message(conn: Connection, message_id: int, tz: tzinfo) -> str:
@@ -375,6 +396,7 @@ def show_message(conn: Connection, message_id: int, tz: tzinfo) -> str:
         f"Message {row.id}  [{row.status}]",
         f"Rule:        {row.rule} (template {row.template})",
         f"To:          {row.recipient_name} <{row.recipient}>",
+        *_redirected_lines(row),
         f"Subject:     {row.subject}",
         f"Message-ID:  {_message_id_line(conn, row)}",
         f"Client:      {ref or '-'}",
@@ -396,6 +418,8 @@ def show_message(conn: Connection, message_id: int, tz: tzinfo) -> str:
         lines.append(f"Last error:  {row.last_error}")
     if row.smtp_response:
         lines.append(f"Server said: {row.smtp_response}")
+    if row.body_removed_at:
+        lines.append(f"Body:        {body_removed(row.body_removed_at, row.body_sha256, tz)}")
     lines += ["", "Trail:"]
     lines += [f"  {when(t.at)}  {t.action:<10} {t.detail}".rstrip() for t in trail]
     from outreach.replies import replies_lines
@@ -403,7 +427,8 @@ def show_message(conn: Connection, message_id: int, tz: tzinfo) -> str:
     answers = replies_lines(conn, message_id, tz)
     if answers:
         lines += ["", "Replies:", *answers]
-    lines += ["", "Text part:", "", row.text.rstrip()]
+    if not row.body_removed_at:
+        lines += ["", "Text part:", "", row.text.rstrip()]
     return "\n".join(lines)
 
 
@@ -422,6 +447,8 @@ def message_detail(conn: Connection, message_id: int) -> dict:
     ([{"at", "event", "detail"}], oldest first), ``digest_members`` (the ids a
     digest carried), ``resent_from`` (the id this is a resend of, or None) and
     ``resent_as`` (the ids of its resends, oldest first). ``NotFound`` if none.
+    Under the retention setting ``body_removed_at`` and ``body_sha256`` say
+    when a body was removed (``html`` and ``text`` are then empty).
     """
     statement = _log_query().add_columns(
         messages.c.recipient_name,
@@ -430,6 +457,8 @@ def message_detail(conn: Connection, message_id: int) -> dict:
         messages.c.not_before,
         (clients.c.first_name + " " + clients.c.last_name).label("client_name"),
         physicians.c.name.label("physician_name"),
+        messages.c.body_removed_at,
+        messages.c.body_sha256,
     )
     row = conn.execute(statement.where(messages.c.id == message_id)).first()
     if row is None:

@@ -43,6 +43,16 @@ def is_address(value: str) -> bool:
     return len(value) <= 254 and _ADDRESS.fullmatch(value) is not None
 
 
+def is_loopback(host: str) -> bool:
+    """This machine: the one place plain-text SMTP or IMAP may go without TLS."""
+    if host.lower() in ("localhost", "localhost.localdomain"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 def address_problem(value: str) -> str | None:
     """Why ``value`` cannot be used as an email address, or None.
 
@@ -133,6 +143,8 @@ class Settings:
     smtp_timeout: float = 30.0
     smtp_ca_file: Path | None = None
     smtp_allow_insecure: bool = False
+    smtp_connections: int = 1  # connections a service sends on at once, each with its own claims
+    smtp_max_per_minute: int | None = None  # the provider's rate limit, across all connections; None: none
     from_addr: str = "updates@practice.example"  # the bare address: SMTP envelope, Message-ID domain
     from_name: str = ""  # the name in OUTREACH_FROM="Name <address>"; else sender and practice
     reply_to: str = ""
@@ -205,6 +217,8 @@ class Settings:
             smtp_timeout=reader.number("SMTP_TIMEOUT", cls.smtp_timeout),
             smtp_ca_file=reader.ca_file("SMTP_CA_FILE"),
             smtp_allow_insecure=reader.boolean("SMTP_ALLOW_INSECURE", False),
+            smtp_connections=reader.integer("SMTP_CONNECTIONS", cls.smtp_connections, 1, 32),
+            smtp_max_per_minute=reader.read("SMTP_MAX_PER_MINUTE", None, _per_minute),
             **reader.sender("FROM", cls.from_addr),
             reply_to=reader.email("REPLY_TO", ""),
             practice_name=reader.text("PRACTICE_NAME", cls.practice_name),
@@ -313,6 +327,13 @@ def _emails(value: str) -> tuple[str, ...]:
         if item.lower() not in (known.lower() for known in found):
             found.append(item)
     return tuple(found)
+
+
+def _per_minute(value: str) -> int:
+    count = _as(int, value, f"{value!r} is not a whole number of emails a minute")
+    if not 1 <= count <= 1_000_000:
+        raise ValueError(f"{count} is out of range (between 1 and 1000000; unset it for no limit)")
+    return count
 
 
 def _retention_days(value: str) -> int:

@@ -87,6 +87,7 @@ class Health:
     last_error_at: datetime | None
     stale: list[str] = field(default_factory=list)  # "name (last heartbeat 45 s ago)"
     undeliverable: list[str] = field(default_factory=list)  # "a@b (since 2026-11-25: bounced: 550 5.1.1 ...)"
+    staging: tuple[str, ...] = ()  # OUTREACH_REDIRECT_ALL_TO: where every email goes instead of a physician
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -94,8 +95,11 @@ class Health:
         return not self.problems
 
 
-def health(conn: Connection, now: datetime, tick_seconds: int) -> Health:
-    """Heartbeats, queue depth and the latest error, judged against ``now``."""
+def health(conn: Connection, now: datetime, tick_seconds: int, staging: tuple[str, ...] = ()) -> Health:
+    """Heartbeats, queue depth and the latest error, judged against ``now``; whether staging is on.
+
+    Staging is said, never a problem: a practice trying the service is not an outage.
+    """
     rows = conn.execute(select(workers).order_by(workers.c.heartbeat_at.desc())).all()
     stale_after = max(MIN_STALE, timedelta(seconds=STALE_AFTER_TICKS * tick_seconds))
     running = [r for r in rows if r.stopped_at is None and now - r.heartbeat_at <= stale_after]
@@ -120,6 +124,7 @@ def health(conn: Connection, now: datetime, tick_seconds: int) -> Health:
         last_error=latest.last_error if latest else None,
         last_error_at=latest.last_error_at if latest else None,
         stale=[f"{r.name} (last heartbeat {_ago(now - r.heartbeat_at)} ago)" for r in stale],
+        staging=staging,
     )
     result.undeliverable = [
         f"{r.email} (since {r.undeliverable_on}: {r.undeliverable_reason or 'no reason recorded'})"
@@ -179,6 +184,14 @@ def _ago(delta: timedelta) -> str:
     return f"{minutes // 60} h" if minutes < 2880 else f"{minutes // 1440} days"
 
 
+def staging_line(staging: tuple[str, ...]) -> str:
+    """What staging means, for the status, the console and ``outreach check``."""
+    return (
+        f"every email goes to {', '.join(staging)} instead of the physician "
+        "(OUTREACH_REDIRECT_ALL_TO); redirected mail counts toward no cap, loop or last contact"
+    )
+
+
 def format_health(h: Health, tz: tzinfo) -> str:
     def when(value: datetime | None) -> str:
         return value.astimezone(tz).strftime("%Y-%m-%d %H:%M:%S %Z") if value else "never"
@@ -186,6 +199,7 @@ def format_health(h: Health, tz: tzinfo) -> str:
     queue = ", ".join(f"{status} {count}" for status, count in h.queue.items())
     lines = [
         f"status:          {'OK' if h.ok else 'PROBLEM'}",
+        *([f"staging:         ON, {staging_line(h.staging)}"] if h.staging else []),
         f"last heartbeat:  {when(h.last_heartbeat)}",
         f"running:         {', '.join(h.running) or 'none'}",
     ]

@@ -1,7 +1,9 @@
 """A real SMTP server for tests (aiosmtpd in a thread), plain or STARTTLS with AUTH.
 
 Replies can be scripted per message (``script``), so tests can make the
-server answer 451 or 550, drop the connection, or stall.
+server answer 451 or 550, drop the connection, or stall. It counts the
+connections open at once (``peak``) and, with ``max_connections``, greets
+one more with 421 as providers do.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from dataclasses import dataclass, field
 from email.message import EmailMessage
 
 from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import AuthResult, LoginPassword
+from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
 
 USERNAME, PASSWORD = "clinic-sender", "s3cret-Pa55word-XYZZY"
 
@@ -61,6 +63,11 @@ class Handler:
     lock: threading.Lock = field(default_factory=threading.Lock)
     delay: float = 0.0
     refuse_rcpt: dict = field(default_factory=dict)  # address -> reply to RCPT TO, e.g. "550 5.1.1 ..."
+    max_connections: int = 0  # more at once are greeted with 421 (0: no limit)
+    open: int = 0  # connections open now
+    peak: int = 0  # the most open at once
+    refused_connections: int = 0
+    peers: set = field(default_factory=set)  # (host, port) of each connection that delivered mail
 
     def count_by_message_id(self) -> dict[str, int]:
         """How many times each Message-ID arrived."""
@@ -95,6 +102,7 @@ class Handler:
             self.received.append(
                 Received(envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content)
             )
+            self.peers.add(session.peer)
         return "250 2.0.0 OK: queued"
 
 
@@ -106,6 +114,35 @@ def _authenticator(server, session, envelope, mechanism, auth_data):
     )
     # handled=False on failure too, or aiosmtpd leaves the client waiting.
     return AuthResult(success=ok, handled=False)
+
+
+class CountingSMTP(SMTP):
+    """aiosmtpd's server, counting connections and refusing those over the handler's limit with 421."""
+
+    async def _handle_client(self) -> None:
+        handler: Handler = self.event_handler
+        with handler.lock:
+            refused = bool(handler.max_connections) and handler.open >= handler.max_connections
+            if refused:
+                handler.refused_connections += 1
+            else:
+                handler.open += 1
+                handler.peak = max(handler.peak, handler.open)
+        if refused:
+            await self.push("421 4.7.0 Too many connections from your address, try again later")
+            assert self.transport is not None
+            self.transport.close()
+            return
+        try:
+            await super()._handle_client()
+        finally:
+            with handler.lock:
+                handler.open -= 1
+
+
+class CountingController(Controller):
+    def factory(self) -> SMTP:
+        return CountingSMTP(self.handler, **self.SMTP_kwargs)
 
 
 class SMTPServer:
@@ -128,7 +165,7 @@ class SMTPServer:
                 "authenticator": _authenticator,
                 "auth_required": True,
             }
-        self.controller = Controller(self.handler, hostname="127.0.0.1", port=self.port, **kwargs)
+        self.controller = CountingController(self.handler, hostname="127.0.0.1", port=self.port, **kwargs)
 
     @property
     def received(self) -> list[Received]:

@@ -26,6 +26,7 @@ TARGETED = (
     "idle_cpu_pct",
     "idle_peak_rss_mb",
     "cycle_peak_rss_mb",
+    "purge_writer_wait_s",
 )
 INFORMATIVE = (
     "plan_render_ms_per_message",
@@ -37,6 +38,8 @@ INFORMATIVE = (
     "cli_startup_s",
     "review_physician_inproc_s",
     "review_failed_inproc_s",
+    "purge_s",
+    "purge_longest_batch_s",
 )
 
 

@@ -35,6 +35,9 @@ CLOCK_COMMANDS = [
     ("status",),
     ("retry",),
     ("cancel",),
+    ("purge",),
+    ("client", "export"),
+    ("inbox", "fetch"),
 ]
 
 

@@ -35,11 +35,21 @@ SERVICES = 3
 
 
 @pytest.mark.slow
-def test_three_services_on_one_queue_send_each_message_exactly_once(settings, engine, smtp_server, tmp_path):
+@pytest.mark.parametrize("connections", [1, 4])
+def test_three_services_on_one_queue_send_each_message_exactly_once(
+    settings, engine, smtp_server, tmp_path, connections
+):
     cfg = smtp_settings(settings, smtp_server)
     queued = queue_many(engine, MESSAGES, next_attempt_at=utcnow() - timedelta(minutes=1))
     smtp_server.handler.delay = 0.002  # enough for the three to overlap
-    env = service_env(cfg, tick_seconds=1, lease_seconds=60, batch_size=20, log_level="WARNING")
+    env = service_env(
+        cfg,
+        tick_seconds=1,
+        lease_seconds=60,
+        batch_size=20,
+        log_level="WARNING",
+        smtp_connections=connections,
+    )
     started = time.monotonic()
     daemons = [Daemon(env, tmp_path, name=f"service{n}") for n in range(SERVICES)]
     try:

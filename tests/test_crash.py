@@ -34,7 +34,11 @@ KILLS = 20
 
 
 @pytest.mark.slow
-def test_sigkill_at_random_moments_loses_nothing_and_doubles_at_most_one_per_kill(tmp_path, smtp_server):
+@pytest.mark.parametrize("connections", [1, 4])
+def test_sigkill_at_random_moments_loses_nothing_and_doubles_at_most_one_per_kill(
+    tmp_path, smtp_server, connections
+):
+    """With several connections, at most one double per connection per kill (one unrecorded each)."""
     seed = int(CRASH_SEED or random.randrange(1_000_000))
     print(f"crash seed {seed}: OUTREACH_TEST_CRASH_SEED={seed} replays these kill times")  # shown on failure
     rng = random.Random(seed)
@@ -43,7 +47,7 @@ def test_sigkill_at_random_moments_loses_nothing_and_doubles_at_most_one_per_kil
     store.migrate(engine)
     queued = queue_many(engine, MESSAGES, next_attempt_at=utcnow() - timedelta(minutes=1))
     smtp_server.handler.delay = 0.01  # about 60 messages a second: kills land mid-batch
-    env = service_env(cfg, tick_seconds=1, lease_seconds=2, log_level="WARNING")
+    env = service_env(cfg, tick_seconds=1, lease_seconds=2, log_level="WARNING", smtp_connections=connections)
     started = time.monotonic()
 
     for kill in range(KILLS):
@@ -77,8 +81,11 @@ def test_sigkill_at_random_moments_loses_nothing_and_doubles_at_most_one_per_kil
         assert copies, f"{message_id} was never received"
         assert set(copies) == {message_id}, f"{recipient} got another Message-ID: {copies}"
     doubles = sum(len(copies) - 1 for copies in received.values())
-    print(f"\ncrash: {KILLS} kills, {MESSAGES} messages, {doubles} double(s), seed {seed}, {elapsed:.1f}s")
-    assert doubles <= KILLS
+    print(
+        f"\ncrash ({connections} connection(s)): {KILLS} kills, {MESSAGES} messages, {doubles} double(s), "
+        f"seed {seed}, {elapsed:.1f}s"
+    )
+    assert doubles <= KILLS * connections
     assert set(sent_trail_counts(engine).values()) == {1}
     assert len(sent_trail_counts(engine)) == MESSAGES
     engine.dispose()

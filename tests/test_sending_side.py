@@ -40,8 +40,8 @@ class Steps(Backend):
         self.steps: list[str] = []
         self.refuse = refuse
 
-    def _envelope(self, msg: Email, sender: str, recipient: str) -> None:
-        self.steps.append(f"envelope {sender} -> {recipient}")
+    def _envelope(self, msg: Email, sender: str, recipients: tuple[str, ...]) -> None:
+        self.steps.append(f"envelope {sender} -> {', '.join(recipients)}")
         if self.refuse:
             raise PermanentError("RCPT TO: server replied 550 no such user", reply="550 no such user")
 

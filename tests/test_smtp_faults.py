@@ -183,7 +183,8 @@ class FaultyServer:
 
 
 @pytest.mark.slow
-def test_faulty_server_every_message_ends_sent_or_failed_never_lost_or_doubled(engine, settings):
+@pytest.mark.parametrize("connections", [1, 4])
+def test_faulty_server_every_message_ends_sent_or_failed_never_lost_or_doubled(engine, settings, connections):
     server = FaultyServer(seed=20261125).start()
     try:
         cfg = settings.with_(
@@ -193,6 +194,7 @@ def test_faulty_server_every_message_ends_sent_or_failed_never_lost_or_doubled(e
             smtp_security="none",
             smtp_timeout=TIMEOUT,
             batch_size=100,
+            smtp_connections=connections,
         )
         queued = queue_many(engine, MESSAGES)
         started = time.monotonic()
@@ -228,7 +230,7 @@ def test_faulty_server_every_message_ends_sent_or_failed_never_lost_or_doubled(e
     assert backoff(cfg, 2) == 2 * backoff(cfg, 1) and backoff(cfg, 3) == 2 * backoff(cfg, 2)
     assert server.stalls >= 1 and len(server.replies) >= 6
     print(
-        f"\nsmtp faults ({engine.dialect.name}): {MESSAGES} messages, {counts}, {len(retried)} delivered "
+        f"\nsmtp faults ({engine.dialect.name}, {connections} connection(s)): {MESSAGES} messages, {counts}, {len(retried)} delivered "
         f"after a retry, {server.stalls} stall(s), {rounds} passes, {elapsed:.1f}s"
     )
     assert set(queued) == {r.message_id for r in rows}

@@ -146,6 +146,7 @@ def test_counts_follow_every_filter_but_status_in_one_grouped_count(logged):
         "suppressed": 1,
         "cancelled": 0,
         "bounced": 0,
+        "redirected": 0,
     }
     assert smith == {
         "pending": 2,
@@ -155,6 +156,7 @@ def test_counts_follow_every_filter_but_status_in_one_grouped_count(logged):
         "suppressed": 0,
         "cancelled": 0,
         "bounced": 0,
+        "redirected": 0,
     }
 
 

@@ -80,7 +80,7 @@ class RefusingBackend(FileBackend):
         super().__init__(folder)
         self.refuse: set[str] = set()
 
-    def _envelope(self, msg: Email, sender: str, recipient: str) -> None:
+    def _envelope(self, msg: Email, sender: str, recipients: tuple[str, ...]) -> None:
         if msg.message_id in self.refuse:
             raise PermanentError(REFUSAL, reply=REFUSAL)
 

@@ -11,7 +11,8 @@ the hook, so none can forget to call it.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import copy
+from collections.abc import Callable, Sequence
 from types import TracebackType
 
 from outreach.compose import Email
@@ -30,21 +31,42 @@ class Backend:
     def close(self) -> None:
         """Release what ``open`` took; never raises."""
 
-    def send(self, msg: Email, sender: str, recipient: str, before_data: Callable[[], None] = no_wait) -> str:
-        """Hand ``msg.data`` (the whole email, CRLF) to ``recipient``; ``sender`` is the envelope sender.
+    def another(self) -> Backend:
+        """A second backend to the same place, with a connection of its own (``OUTREACH_SMTP_CONNECTIONS``).
 
-        ``before_data`` is called at the last moment before the email is
-        handed over (before SMTP DATA): the dispatcher waits there until the
-        previous outcome is on record. If it raises, nothing is handed over.
+        Made before it is opened; what the two share (settings, a folder) is read-only.
         """
-        self._envelope(msg, sender, recipient)
+        twin = copy.copy(self)
+        twin.close_copy()
+        return twin
+
+    def close_copy(self) -> None:
+        """Forget anything a copy must not share with its original (an open connection)."""
+
+    def send(
+        self,
+        msg: Email,
+        sender: str,
+        recipients: str | Sequence[str],
+        before_data: Callable[[], None] = no_wait,
+    ) -> str:
+        """Hand ``msg.data`` (the whole email, CRLF) to ``recipients``; ``sender`` is the envelope sender.
+
+        One recipient (the physician), or the staging addresses a message is
+        redirected to. ``before_data`` is called at the last moment before the
+        email is handed over (before SMTP DATA): the dispatcher waits there
+        until the previous outcome is on record. If it raises, nothing is handed over.
+        """
+        to = (recipients,) if isinstance(recipients, str) else tuple(recipients)
+        self._envelope(msg, sender, to)
         before_data()
         return self._data(msg)
 
-    def _envelope(self, msg: Email, sender: str, recipient: str) -> None:
+    def _envelope(self, msg: Email, sender: str, recipients: tuple[str, ...]) -> None:
         """Everything before the email is handed over: checks, and who it is from and to.
 
-        A refusal here (``PermanentError``, ``TransientError``) means nothing was handed over.
+        A refusal here (``PermanentError``, ``TransientError``) means nothing
+        was handed over; every recipient must be accepted.
         """
 
     def _data(self, msg: Email) -> str:

@@ -9,24 +9,21 @@ failures to connect, to negotiate TLS or to log in abort the whole batch
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import smtplib
 import ssl
 from collections.abc import Iterator
 
 from outreach.backends.base import Backend
 from outreach.compose import Email
-from outreach.errors import BatchAbort, PermanentError, RecipientUnknown, SettingsError, TransientError
-from outreach.settings import Settings, is_address
-
-
-def is_loopback(host: str) -> bool:
-    if host.lower() in ("localhost", "localhost.localdomain"):
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
+from outreach.errors import (
+    BatchAbort,
+    PermanentError,
+    RecipientUnknown,
+    SettingsError,
+    TooManyConnections,
+    TransientError,
+)
+from outreach.settings import Settings, is_address, is_loopback
 
 
 def insecure_refusal(settings: Settings) -> str | None:
@@ -110,6 +107,12 @@ class SMTPBackend(Backend):
         except smtplib.SMTPNotSupportedError as exc:
             _quietly_close(conn)
             raise BatchAbort(f"SMTP server {self.where}: {exc}") from None
+        except smtplib.SMTPConnectError as exc:  # a greeting other than 220
+            _quietly_close(conn)
+            text = exc.smtp_error
+            said = f"{exc.smtp_code} {text.decode('utf-8', 'replace') if isinstance(text, bytes) else text}"
+            kind = TooManyConnections if exc.smtp_code == 421 else BatchAbort
+            raise kind(f"SMTP server {self.where} refused the connection: {said}", reply=said) from None
         except ssl.SSLError as exc:
             _quietly_close(conn)
             raise BatchAbort(f"TLS with SMTP server {self.where} failed: {exc.reason or exc}") from None
@@ -120,6 +123,9 @@ class SMTPBackend(Backend):
             )
             raise BatchAbort(f"cannot reach SMTP server {self.where}: {reason}") from None
 
+    def close_copy(self) -> None:
+        self._conn = None  # the original's connection stays the original's
+
     def close(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None:
@@ -128,8 +134,8 @@ class SMTPBackend(Backend):
             except (OSError, smtplib.SMTPException):
                 _quietly_close(conn)
 
-    def _envelope(self, msg: Email, sender: str, recipient: str) -> None:
-        _check_ascii(msg, sender, recipient)
+    def _envelope(self, msg: Email, sender: str, recipients: tuple[str, ...]) -> None:
+        _check_ascii(msg, sender, recipients)
         if self._conn is None:  # the previous message lost the connection
             self._conn = self._connect()
         conn = self._conn
@@ -139,9 +145,10 @@ class SMTPBackend(Backend):
             code, reply = conn.docmd("mail", f"FROM:<{sender}>")
             if code != 250:
                 raise self._refused(code, reply, "MAIL FROM")
-            code, reply = conn.docmd("rcpt", f"TO:<{recipient}>")
-            if code not in (250, 251):
-                raise self._refused(code, reply, f"RCPT TO <{recipient}>")
+            for recipient in recipients:
+                code, reply = conn.docmd("rcpt", f"TO:<{recipient}>")
+                if code not in (250, 251):
+                    raise self._refused(code, reply, f"RCPT TO <{recipient}>")
 
     def _data(self, msg: Email) -> str:
         conn = self._conn
@@ -183,13 +190,13 @@ class SMTPBackend(Backend):
         _quietly_close(conn)
 
 
-def _check_ascii(msg: Email, sender: str, recipient: str) -> None:
+def _check_ascii(msg: Email, sender: str, recipients: tuple[str, ...]) -> None:
     """An address SMTP cannot carry is this message's permanent failure.
 
     Checked before anything is said to the server, so the connection stays
     usable for the rest of the batch.
     """
-    for role, address in (("sender", sender), ("recipient", recipient)):
+    for role, address in (("sender", sender), *(("recipient", to) for to in recipients)):
         if not address.isascii():
             raise PermanentError(
                 f"{role} address {address!r} is not ASCII; SMTP cannot deliver it as written"

@@ -277,7 +277,7 @@ def open_loops() -> Response:
 def health() -> Response:
     """Is the service alive and delivering (``outreach status``): no health information in it."""
     with store.read(engine()) as conn:
-        found = status.health(conn, now(), settings().tick_seconds)
+        found = status.health(conn, now(), settings().tick_seconds, settings().redirect_all_to)
     oldest = found.oldest_pending
     return reply(
         {
@@ -291,6 +291,7 @@ def health() -> Response:
             "oldest_pending": asdict(oldest) if oldest else None,
             "last_error": found.last_error,
             "last_error_at": found.last_error_at,
+            "staging": list(found.staging),
         }
     )
 

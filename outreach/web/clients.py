@@ -10,15 +10,17 @@ what was typed kept).
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable
 from datetime import datetime
 from functools import wraps
 
-from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
+from flask import Blueprint, abort, flash, redirect, render_template, request, send_file, url_for
 from werkzeug.wrappers import Response
 
 from outreach import records, store, timeline
 from outreach.errors import NotFound
+from outreach.export import client_zip
 from outreach.instruments import INSTRUMENTS
 from outreach.models import CLIENT_STATUSES, EVENT_KINDS
 from outreach.web import charts
@@ -119,6 +121,7 @@ def _page(
         kinds=EVENT_KINDS,
         instruments=list(INSTRUMENTS.values()),
         may_record=principal().may("staff"),
+        may_export=principal().may("admin"),
         local=local,
         tzname=settings().timezone,
     )
@@ -245,3 +248,21 @@ def revoke_consent(ref: str) -> Response:
     except NotFound as exc:
         abort(404, str(exc))
     return _back(ref, f"Consent revoked on {day}: queued updates about this client will not be sent.")
+
+
+@bp.route("/clients/<ref>/export", methods=["POST"])
+@need("admin")
+def export(ref: str) -> Response:
+    """The client's record as a zip (``outreach client export``): admins only, audited, never cached.
+
+    Built in memory and sent as it is: nothing is left on the server's disk.
+    """
+    try:
+        data, summary = client_zip(engine(), settings(), ref, now(), actor=principal().name)
+    except NotFound as exc:
+        abort(404, str(exc))
+    response = send_file(
+        io.BytesIO(data), mimetype="application/zip", as_attachment=True, download_name=summary.path.name
+    )
+    response.headers["Cache-Control"] = "no-store"
+    return response

@@ -17,10 +17,11 @@ from typing import Any
 
 from flask import Blueprint, Response, abort, flash, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
+from markupsafe import escape
 
 from outreach import records, review, store
 from outreach.errors import NotFound, OutreachError
-from outreach.models import FAILED, MESSAGE_STATUSES, PENDING, SENT, SUPPRESSED
+from outreach.models import FAILED, MESSAGE_STATUSES, PENDING, REDIRECTED, SENT, SUPPRESSED
 from outreach.web import security
 from outreach.web.security import engine, need, now, principal, settings
 
@@ -159,6 +160,13 @@ def _detail(message_id: int) -> dict:
         abort(404, str(exc))
 
 
+def _removed(detail: dict) -> str:
+    """What stands in for a body the retention setting removed ("removed on DATE …"), else ""."""
+    if not detail["body_removed_at"]:
+        return ""
+    return review.body_removed(detail["body_removed_at"], detail["body_sha256"], settings().tz)
+
+
 def _sender() -> str:
     """The From line the service writes (``compose``): the practice's chosen name, or sender and practice."""
     cfg = settings()
@@ -172,9 +180,12 @@ def message(message_id: int) -> str:
     detail = _detail(message_id)
     security.audit("view message", f"message {message_id}")
     allowed = [name for name, action in ACTIONS.items() if detail["status"] in action.allowed]
+    if detail["body_removed_at"]:  # nothing left to send again
+        allowed = [name for name in allowed if name not in ("retry", "resend")]
     return render_template(
         "message.html",
         m=detail,
+        removed=_removed(detail),
         sender=_sender(),
         reason=REASONS.get(detail["reason"] or "", detail["reason"]),
         actions=allowed if principal().may("staff") else [],
@@ -186,7 +197,9 @@ def message_html(message_id: int) -> Response:
     """The HTML part exactly as stored, under a policy that lets nothing in it run or load."""
     detail = _detail(message_id)
     security.audit("view message", f"message {message_id}", "the email's HTML part")
-    response = Response(detail["html"], mimetype="text/html")
+    removed = _removed(detail)
+    page = f"<p>Body {escape(removed)}.</p>" if removed else detail["html"]
+    response = Response(page, mimetype="text/html")
     response.headers["Content-Security-Policy"] = security.EMAIL_POLICY
     return response
 
@@ -272,7 +285,7 @@ ACTIONS = {
         _explain_cancel,
     ),
     "resend": Action(
-        (SENT,),
+        (SENT, REDIRECTED),
         "Confirm resend",
         "Resend message {id}?",
         "Only a sent message can be resent: message {id} is {status}.",

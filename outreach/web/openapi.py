@@ -137,6 +137,10 @@ LOG_ENTRY: dict[str, Schema] = {
     "next_attempt_at": _nullable(MOMENT),
     "smtp_response": _nullable(TEXT),
     "digest_id": _nullable(INTEGER),
+    "redirected_to": {
+        "type": ["string", "null"],
+        "description": "staging: the addresses (comma-separated) the last attempt went to instead of `to`",
+    },
 }
 assert tuple(LOG_ENTRY) == LOG_FIELDS, "the Message schema must name the log's fields"
 
@@ -160,6 +164,14 @@ DETAIL_EXTRA: dict[str, Schema] = {
     "digest_members": {"type": "array", "items": INTEGER},
     "resent_as": {"type": "array", "items": INTEGER},
     "resent_from": _nullable(INTEGER),
+    "body_removed_at": {
+        **_nullable(MOMENT),
+        "description": "when the retention setting removed the body (html and text are then empty)",
+    },
+    "body_sha256": {
+        "type": ["string", "null"],
+        "description": "SHA-256 (hex) of the removed body: UTF-8 html, a NUL byte, UTF-8 text",
+    },
 }
 
 
@@ -270,6 +282,11 @@ def _schemas() -> dict[str, Schema]:
                 },
                 "last_error": _nullable(TEXT),
                 "last_error_at": _nullable(MOMENT),
+                "staging": {
+                    "type": "array",
+                    "items": TEXT,
+                    "description": "staging addresses every email goes to instead of the physician; empty when off",
+                },
             },
         },
     }

@@ -205,4 +205,8 @@ def install(app: Flask) -> None:
     app.before_request(_authenticate)
     app.after_request(_headers)
     app.teardown_request(_forget_address)
-    app.jinja_env.globals.update(csrf_token=csrf_token, principal=lambda: g.get("principal"))
+    app.jinja_env.globals.update(
+        csrf_token=csrf_token,
+        principal=lambda: g.get("principal"),
+        staging=lambda: settings().redirect_all_to,
+    )

@@ -16,7 +16,7 @@ PAGE = 100  # audit lines a page
 @bp.route("/status")
 def status() -> str:
     with store.read(engine()) as conn:
-        health = service_status.health(conn, now(), settings().tick_seconds)
+        health = service_status.health(conn, now(), settings().tick_seconds, settings().redirect_all_to)
     return render_template("status.html", health=health, tz=settings().tz)
 
 
