@@ -20,13 +20,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import schedule
 from sqlalchemy import Engine
 
 from outreach import digest, status, store
 from outreach.backends import Backend, get_backend
-from outreach.dispatcher import Clock, Dispatcher, SendReport, worker_name
+from outreach.dispatcher import Clock, Dispatcher, Planning, SendReport, worker_name
 from outreach.errors import OutreachError
 from outreach.models import utcnow
 from outreach.outbox import log_line
@@ -110,19 +111,51 @@ class Service:
             fingerprint=fingerprint,
         )
 
-    def plan(self, now: datetime) -> PlanReport:
-        return plan(self.engine, self.settings, self.rules, self.renderer, now)
+    def plan(self, now: datetime, planning: Planning | None = None) -> PlanReport:
+        released = planning.released if planning is not None else None
+        return plan(self.engine, self.settings, self.rules, self.renderer, now, released)
 
-    def send(self, clock: Clock, limit: int | None = None, stop: threading.Event | None = None) -> SendReport:
+    def send(
+        self,
+        clock: Clock,
+        limit: int | None = None,
+        stop: threading.Event | None = None,
+        planning: Planning | None = None,
+    ) -> SendReport:
         self.dispatcher.clock = clock  # the caller's time: a replay (``--now``) runs on its own clock
-        return self.dispatcher.send_due(limit, stop)
+        return self.dispatcher.send_due(limit, stop, planning)
 
     def regroup(self, ids: list[int], now: datetime) -> None:
         """Combine again the updates of a digest the gate took apart (it needs the renderer)."""
         digest.regroup(self.engine, self.settings, self.renderer, self.rules, ids, now)
 
     def cycle(self, clock: Clock, stop: threading.Event | None = None) -> tuple[PlanReport, SendReport]:
-        return self.plan(clock()), self.send(clock, stop=stop)
+        """Plan and send at once: the sender takes each physician's mail as soon as its chunk is planned.
+
+        So a big plan (after an import, a quarter's summaries) takes about as
+        long as the longer of planning and sending, not their sum. The send
+        pass ends once the plan is over and nothing more is due; an error of
+        either is raised after both have stopped (the plan's first).
+        """
+        planning = Planning(clock())
+        outcome: dict[str, Any] = {}
+
+        def send_beside() -> None:
+            try:
+                outcome["sent"] = self.send(clock, stop=stop, planning=planning)
+            except BaseException as exc:  # raised below, on the caller's thread
+                outcome["error"] = exc
+
+        sender = threading.Thread(target=send_beside, name="outreach-send-beside-plan", daemon=True)
+        sender.start()
+        try:
+            planned = self.plan(planning.now, planning)
+        finally:
+            planning.finish()
+            sender.join()
+        if "error" in outcome:
+            raise outcome["error"]
+        return planned, outcome["sent"]
 
     def reload(self) -> bool:
         """Load rules and templates again; keep the current ones if the new are invalid."""
@@ -193,11 +226,16 @@ class Jobs:
                 status.record_send_ok(self.service.engine, self.service.worker, self.clock())
 
     def plan(self) -> None:
-        self.service.plan(self.clock())
+        """Plan with a send pass beside it (``Service.cycle``), judged as the send job's own."""
+        _, report = self.service.cycle(self.clock, stop=self.stop)
         self._ok("plan")
+        self._judge(report)
 
     def send(self) -> None:
-        report = self.service.send(self.clock, stop=self.stop)
+        """What came due since the plan (a retry's time, a window opening)."""
+        self._judge(self.service.send(self.clock, stop=self.stop))
+
+    def _judge(self, report: SendReport) -> None:
         if report.aborted:
             self.record_error(f"send: {report.aborted}")
         elif report.sent:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from itertools import groupby
@@ -71,19 +72,35 @@ def due_now(now: datetime) -> ColumnElement[bool]:
 
 
 def batch(
-    engine: Engine, settings: Settings, renderer: Renderer, rules: list[Rule], now: datetime
+    engine: Engine,
+    settings: Settings,
+    renderer: Renderer,
+    rules: list[Rule],
+    now: datetime,
+    *,
+    only: Collection[int] | None = None,
+    skip: Collection[int] = (),
+    report: BatchReport | None = None,
 ) -> BatchReport:
     """Combine and hold each physician's ready mail so the weekly cap is kept.
 
     ``rules`` are needed to render each update again as a digest section.
+    ``only`` the physicians given, or every one but those in ``skip`` (the
+    planner batches each chunk's physicians, then the rest once).
     """
-    report = BatchReport()
+    report = report if report is not None else BatchReport()
+    query = (
+        select(messages.c.id, messages.c.physician_id, messages.c.kind, messages.c.client_id)
+        .where(due_now(now), messages.c.physician_id.is_not(None))
+        .order_by(messages.c.physician_id, messages.c.id)
+    )
+    ready = []
     with store.read(engine) as conn:
-        ready = conn.execute(
-            select(messages.c.id, messages.c.physician_id, messages.c.kind, messages.c.client_id)
-            .where(due_now(now), messages.c.physician_id.is_not(None))
-            .order_by(messages.c.physician_id, messages.c.id)
-        ).all()
+        if only is None:
+            ready = [row for row in conn.execute(query) if row.physician_id not in skip]
+        else:
+            for chunk in store.chunks(sorted(only)):
+                ready += conn.execute(query.where(messages.c.physician_id.in_(chunk))).all()
     for physician_id, group in groupby(ready, key=lambda r: r.physician_id):
         _batch_physician(engine, settings, renderer, rules, physician_id, list(group), now, report)
     return report

@@ -25,7 +25,7 @@ import secrets
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -33,6 +33,7 @@ from typing import Any
 
 from sqlalchemy import (
     BindParameter,
+    ColumnElement,
     Connection,
     Engine,
     Exists,
@@ -59,7 +60,17 @@ from outreach.errors import (
     TooManyConnections,
     TransientError,
 )
-from outreach.models import FAILED, PENDING, REDIRECTED, SENDING, SENT, message_bodies, messages, utcnow
+from outreach.models import (
+    FAILED,
+    PENDING,
+    PRIORITY_NORMAL,
+    REDIRECTED,
+    SENDING,
+    SENT,
+    message_bodies,
+    messages,
+    utcnow,
+)
 from outreach.outbox import DIGEST, log_line, mark_undeliverable, settle_members, trail, trail_many, with_body
 from outreach.settings import Settings
 
@@ -73,6 +84,9 @@ DB_ERRORS = (DatabaseError, SQLAlchemyError)
 
 # What the server accepting a message is called in the trail: to the physician, or to staging.
 ACCEPTED = ("sent", "redirected")
+
+# A sender beside a plan looks again this often when the plan has released nothing new.
+PLAN_POLL_SECONDS = 0.5
 
 # A batch is judged by the gate when claimed, and again before each message
 # once this much time has passed: a long batch does not send on old news.
@@ -255,7 +269,65 @@ def release_expired(engine: Engine, now: datetime) -> int:
     return len(ids)
 
 
-def claim(engine: Engine, settings: Settings, limit: int, now: datetime, worker: str) -> list[Claimed]:
+@dataclass(frozen=True)
+class Fence:
+    """What a sender may take while a plan runs beside it: urgent mail, and the planned physicians' new mail.
+
+    A physician's normal mail is final only once the plan has combined it
+    into a digest and held what the weekly cap holds (``digest.batch``); mail
+    queued before the plan waits for the plan's own last ``batch``.
+    """
+
+    since: datetime  # the plan's moment: the created_at of everything it queues
+    physicians: frozenset[int]  # those whose mail the plan has finished with
+
+
+class Planning:
+    """A plan running beside a send pass (``Service.cycle``): which physicians it has finished with."""
+
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+        self._physicians: set[int] = set()
+        self._done = False
+        self._news = threading.Condition()
+
+    def released(self, physician_ids: Sequence[int]) -> None:
+        """The planner has finished with these physicians: their new mail may go."""
+        with self._news:
+            self._physicians.update(physician_ids)
+            self._news.notify_all()
+
+    def finish(self) -> None:
+        """The plan is over: everything due may go."""
+        with self._news:
+            self._done = True
+            self._news.notify_all()
+
+    def fence(self) -> Fence | None:
+        with self._news:
+            return None if self._done else Fence(self.now, frozenset(self._physicians))
+
+    def wait(self, seconds: float) -> bool:
+        """Until the planner releases more (or ``seconds``); False once the plan is over."""
+        with self._news:
+            if not self._done:
+                self._news.wait(seconds)
+            return not self._done
+
+
+def _within(fence: Fence) -> ColumnElement[bool]:
+    urgent = messages.c.priority > PRIORITY_NORMAL
+    if not fence.physicians or len(fence.physicians) > store.IN_LIMIT:
+        return urgent  # (a plan of thousands of physicians: their mail waits for its end)
+    planned = and_(
+        messages.c.created_at >= fence.since, messages.c.physician_id.in_(sorted(fence.physicians))
+    )
+    return or_(urgent, planned)
+
+
+def claim(
+    engine: Engine, settings: Settings, limit: int, now: datetime, worker: str, fence: Fence | None = None
+) -> list[Claimed]:
     """Lease up to ``limit`` due messages to this worker, most urgent first.
 
     Committed without waiting for the disk: a claim lost to a power cut only
@@ -274,6 +346,7 @@ def claim(engine: Engine, settings: Settings, limit: int, now: datetime, worker:
                 messages.c.digest_id.is_(None),  # updates carried by a digest go with it
                 or_(messages.c.next_attempt_at.is_(None), messages.c.next_attempt_at <= now),
                 or_(messages.c.not_before.is_(None), messages.c.not_before <= now),
+                *([_within(fence)] if fence is not None else []),
             )
             .order_by(messages.c.priority.desc(), messages.c.id)
             .limit(limit)
@@ -332,19 +405,24 @@ class Dispatcher:
         self.connections = settings.smtp_connections  # fewer once the server refuses one more (421)
         self.pace = Pace(settings.smtp_max_per_minute)
 
-    def send_due(self, limit: int | None = None, stop: threading.Event | None = None) -> SendReport:
+    def send_due(
+        self, limit: int | None = None, stop: threading.Event | None = None, planning: Planning | None = None
+    ) -> SendReport:
         """Deliver due messages in batches until none is due, ``limit`` is reached or ``stop`` is set.
 
         Every message passes the gate (``screen_claimed``) after its claim and
         before the backend sees it. With ``OUTREACH_SMTP_CONNECTIONS`` above 1,
         each connection is a thread of its own, claiming its own batches and
         recording each outcome before its next DATA, as one connection does.
+        With ``planning``, a plan runs beside: the pass takes what the plan
+        has finished with (``Fence``), waits for more, and ends once the plan
+        is over and nothing is due.
         """
         self.flush_backlog()
         report = SendReport(released=release_expired(self.engine, self.clock()))
         quota = _Quota(limit)
         if self.connections == 1:
-            self._lane(self.backend, report, quota, stop, None)
+            self._lane(self.backend, report, quota, stop, None, planning)
             return report
         lanes = _Lanes(self.connections)
         backends = [self.backend, *(self.backend.another() for _ in range(self.connections - 1))]
@@ -352,7 +430,7 @@ class Dispatcher:
 
         def lane(backend: Backend, seat: _Seat) -> None:
             try:
-                self._lane(backend, report, quota, stop, seat)
+                self._lane(backend, report, quota, stop, seat, planning)
             except BaseException as exc:  # a database outage: raised below, as one connection raises it
                 raised.append(exc)
             finally:
@@ -384,15 +462,20 @@ class Dispatcher:
         quota: _Quota,
         stop: threading.Event | None,
         seat: _Seat | None,
+        planning: Planning | None = None,
     ) -> None:
         """One connection's pass: claim a batch, send it, until nothing is due or sending must stop."""
         while not (stop and stop.is_set()):
             size = quota.take(self._claim_size())
             if not size:
                 break
-            rows = claim(self.engine, self.settings, size, self.clock(), self.worker)
+            fence = planning.fence() if planning is not None else None
+            rows = claim(self.engine, self.settings, size, self.clock(), self.worker, fence)
             quota.give_back(size - len(rows))
             if not rows:
+                if fence is not None and planning is not None:
+                    planning.wait(PLAN_POLL_SECONDS)  # the plan goes on: more will be released
+                    continue
                 break
             batch = _Batch(self, backend, rows, report, stop, seat)
             if batch.screen() and not batch.send():

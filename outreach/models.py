@@ -285,6 +285,8 @@ messages = Table(
     # Retention: when the body was removed, and the SHA-256 of what was removed.
     Column("body_removed_at", UTCDateTime, nullable=True),
     Column("body_sha256", String(64), nullable=True),
+    # A person's resend (``records.resend``): the message this one is a copy of.
+    Column("resent_from", Integer, ForeignKey("messages.id"), nullable=True, index=True),
     Index("ix_messages_queue", "status", "next_attempt_at"),
     # A client's messages; with template, status and date the planner's "sent
     # recently?" check is answered from the index alone.
@@ -417,6 +419,7 @@ def outbox_row(
     not_before: datetime | None = None,
     reason: str | None = None,
     last_error: str | None = None,
+    resent_from: int | None = None,
 ) -> dict:
     """A new message's ``messages`` columns and its body (``rendered``), for ``outbox.insert_messages``.
 
@@ -445,6 +448,7 @@ def outbox_row(
         "next_attempt_at": now if status == PENDING else None,
         "reason": reason,
         "last_error": last_error,
+        "resent_from": resent_from,
         "message_id": f"<{uuid.uuid4().hex}@{domain}>",
         "created_at": now,
         "updated_at": now,

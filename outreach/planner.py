@@ -12,9 +12,10 @@ will be sent.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
+from itertools import groupby
 from typing import Any
 
 from sqlalchemy import (
@@ -492,26 +493,71 @@ def plan(
     rules: list[Rule],
     renderer: Renderer,
     now: datetime,
+    released: Callable[[Sequence[int]], None] | None = None,
 ) -> PlanReport:
-    """Queue every due email, rendered; record why any is suppressed or failed."""
+    """Queue every due email, rendered; record why any is suppressed or failed.
+
+    The drafts are queued a few physicians at a time, each physician's whole:
+    rendered, stored, then combined and held for the weekly cap (``batch``).
+    After each chunk ``released`` is told which physicians' mail is final for
+    this plan, so a sender running beside it (``Service.cycle``) can take
+    that mail while the next chunk renders.
+    """
     report = PlanReport()
     report.cancelled = cancel_for_discharged(engine, rules, now)
     report.cancelled += replan_moved(engine, settings, rules, renderer, now)
     report.consent_suppressed, report.revived = reconsider_consent(engine, settings, rules, renderer, now)
-    # Event rules first: a recurring report is not due when the same template
-    # was just queued for a milestone (a reassessment report resets the clock).
-    for rule in sorted(rules, key=lambda r: r.trigger != "event"):
-        with store.read(engine) as conn:
-            drafts = find_due(conn, [rule], settings, now)
-        for chunk in store.chunks(drafts, QUEUE_CHUNK):
-            _queue(engine, settings, renderer, chunk, now, report)
-    report.digests = batch(engine, settings, renderer, rules, now)
+    report.digests = BatchReport()
+    done: set[int] = set()
+    for chunk in _by_physician(_gather(engine, settings, rules, now), QUEUE_CHUNK):
+        _queue(engine, settings, renderer, chunk, now, report)
+        physicians = {draft.to.physician_id for draft in chunk}
+        batch(engine, settings, renderer, rules, now, only=physicians, report=report.digests)
+        done |= physicians
+        if released is not None:
+            released(sorted(physicians))
+    # Mail that became ready since the last plan, for physicians with nothing new.
+    batch(engine, settings, renderer, rules, now, skip=done, report=report.digests)
     if report.total or report.cancelled:
         log.info(
             "planned: %d queued, %d suppressed, %d failed, %d cancelled",
             len(report.queued), len(report.suppressed), len(report.failed), report.cancelled,
         )  # fmt: skip
     return report
+
+
+def _gather(engine: Engine, settings: Settings, rules: list[Rule], now: datetime) -> list[Draft]:
+    """Every rule's due drafts, in the order the rules are judged.
+
+    Event rules first: a recurring report is not due when a milestone's email
+    from the same template is queued in this plan (a reassessment report
+    resets the clock), as it is not when one was queued before.
+    """
+    drafts: list[Draft] = []
+    milestones: set[tuple[int | None, str]] = set()
+    for rule in sorted(rules, key=lambda r: r.trigger != "event"):
+        with store.read(engine) as conn:
+            found = find_due(conn, [rule], settings, now)
+        if rule.trigger == "event":
+            milestones |= {(d.client_id, rule.template) for d in found if d.suppress_reason is None}
+        elif rule.trigger == "every" and rule.scope == "client":
+            found = [d for d in found if (d.client_id, rule.template) not in milestones]
+        drafts += found
+    return drafts
+
+
+def _by_physician(drafts: list[Draft], size: int) -> Iterator[list[Draft]]:
+    """Chunks of about ``size`` drafts, each physician's drafts in one chunk (in rule order)."""
+    ordered = sorted(drafts, key=lambda d: d.to.physician_id)  # stable: rule order kept within
+    chunk: list[Draft] = []
+    for _, group in groupby(ordered, key=lambda d: d.to.physician_id):
+        mine = list(group)
+        if chunk and len(chunk) + len(mine) > size:
+            yield chunk
+            chunk = []
+        chunk += mine
+    if chunk:
+        yield chunk
 
 
 def _render_draft(

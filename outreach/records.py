@@ -682,6 +682,7 @@ def resend(engine: Engine, message_id: int, now: datetime, actor: str | None = N
             **{column: getattr(row, column) for column in RESEND_KEEPS},
             dedupe_key=f"resend:{uuid.uuid4().hex}",  # until the new id is known
             rendered=Rendered(row.subject, row.html, row.text),
+            resent_from=message_id,
             status=PENDING,
             now=now,
             domain=domain,

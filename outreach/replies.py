@@ -92,14 +92,14 @@ def format_replies(rows: list[dict], fmt: str, tz: tzinfo) -> str:
             str(r["message_id"] or ""),
             r["client_ref"] or "",
             r["from"],
-            _first_line(_says(r, tz) or r["reason"] or r["subject"]),
+            _first_line(says(r, tz) or r["reason"] or r["subject"]),
         ]
 
     headers = ["ID", "RECEIVED", "KIND", "MESSAGE", "CLIENT", "FROM", "SAYS"]
     return tables.as_format(rows, fmt, FIELDS, headers, cells, "(nothing received)")
 
 
-def _says(row: dict, tz: tzinfo) -> str:
+def says(row: dict, tz: tzinfo) -> str:
     """The text received, or when the retention setting removed it."""
     removed = row["text_removed_at"]
     if removed:
@@ -112,13 +112,14 @@ def _first_line(text: str, width: int = 70) -> str:
     return line if len(line) <= width else line[: width - 1] + "…"
 
 
+KIND_WORDS = {"reply": "reply", "auto_reply": "automatic reply", "bounce": "bounce"}
+
+
 def replies_lines(conn: Connection, message_id: int, tz: tzinfo) -> list[str]:
     """For ``log show``: each reply to the message, when, from whom, and what it says."""
     lines = []
     for r in list_replies(conn, message_id=message_id, limit=None):
         when = f"{r['received_at'].astimezone(tz):%Y-%m-%d %H:%M}"
-        what = {"reply": "reply", "auto_reply": "automatic reply", "bounce": "bounce"}.get(
-            r["kind"], r["kind"]
-        )
-        lines.append(f"  {when}  {what} from {r['from']}: {_first_line(_says(r, tz) or r['subject'], 200)}")
+        what = KIND_WORDS.get(r["kind"], r["kind"])
+        lines.append(f"  {when}  {what} from {r['from']}: {_first_line(says(r, tz) or r['subject'], 200)}")
     return lines

@@ -434,10 +434,6 @@ def show_message(conn: Connection, message_id: int, tz: tzinfo) -> str:
 
 # --- one message whole, for the console and the API ------------------------------------------
 
-# How ``records.resend`` leaves its links in the two trails (no column holds them).
-_RESENT_AS = re.compile(r"^resent as message (\d+)\b")
-_RESEND_OF = re.compile(r"^resend of message (\d+)\b")
-
 
 def message_detail(conn: Connection, message_id: int) -> dict:
     """One message whole: the log entry, who it is about and to, its body, its trail and its links.
@@ -459,6 +455,7 @@ def message_detail(conn: Connection, message_id: int) -> dict:
         physicians.c.name.label("physician_name"),
         messages.c.body_removed_at,
         messages.c.body_sha256,
+        messages.c.resent_from,
     )
     row = conn.execute(statement.where(messages.c.id == message_id)).first()
     if row is None:
@@ -479,9 +476,9 @@ def message_detail(conn: Connection, message_id: int) -> dict:
             select(messages.c.id).where(messages.c.digest_id == message_id).order_by(messages.c.id)
         ).scalars()
     )
-    found["resent_as"] = [
-        int(m.group(1)) for t in trail if t.action == "resent" and (m := _RESENT_AS.match(t.detail))
-    ]
-    origins = [int(m.group(1)) for t in trail if t.action == "queued" and (m := _RESEND_OF.match(t.detail))]
-    found["resent_from"] = origins[0] if origins else None
+    found["resent_as"] = list(
+        conn.execute(
+            select(messages.c.id).where(messages.c.resent_from == message_id).order_by(messages.c.id)
+        ).scalars()
+    )
     return found

@@ -96,9 +96,10 @@ def dsn(
     status: str = "5.1.1",
     original_id: str | None = None,
     to: str = "updates@rehab.example.org",
+    action: str | None = None,
 ) -> bytes:
     """An RFC 3464 delivery status notification, as Postfix writes one (quoting the headers or not)."""
-    action = "failed" if status.startswith("5") else "delayed"
+    action = action or ("failed" if status.startswith("5") else "delayed")
     quoted = (
         f"--B\r\nContent-Type: text/rfc822-headers\r\n\r\nMessage-ID: {original_id}\r\n"
         f"Subject: Progress report\r\nTo: {recipient}\r\n\r\n"
@@ -249,6 +250,26 @@ def test_a_delay_notice_is_written_to_the_trail_only(demo_engine, mail_settings,
             is None
         )
     assert trail_of(demo_engine, message_id)[-1][0] == "delayed"
+
+
+def test_a_server_that_gave_up_bounces_the_message_but_not_the_address(
+    demo_engine, mail_settings, imap_server, imap_user
+):
+    """Postfix after its queue lifetime: "Action: failed", 4.4.7. It never arrived; the address may be fine."""
+    message_id, header = sent_message(demo_engine)
+    imap_server.append(imap_user, dsn(DOCTOR, "4.4.7", original_id=header, action="failed"))
+    assert fetch(demo_engine, mail_settings, NOW).kinds == {"bounce": 1}
+    with store.read(demo_engine) as conn:
+        row = conn.execute(
+            select(messages.c.status, messages.c.last_error).where(messages.c.id == message_id)
+        ).one()
+        doctor = conn.execute(
+            select(physicians.c.undeliverable_on).where(physicians.c.email == DOCTOR)
+        ).scalar()
+    assert row.status == BOUNCED and "gave up after retrying" in row.last_error
+    assert doctor is None
+    action, detail = trail_of(demo_engine, message_id)[-1]
+    assert action == "bounced" and detail.startswith("the server gave up after retrying: 550 4.4.7")
 
 
 def test_two_fetches_at_once_handle_each_email_once(demo_engine, mail_settings, imap_server, imap_user):

@@ -146,11 +146,11 @@ def test_a_job_that_raises_is_logged_and_runs_again_next_tick(engine, settings, 
     calls: list = []
     original = service.plan
 
-    def flaky_plan(now):
+    def flaky_plan(now, planning=None):
         calls.append(now)
         if len(calls) <= 2:
             raise RuntimeError("the planner tripped\nover two lines")
-        return original(now)
+        return original(now, planning)
 
     service.plan = flaky_plan
     checks = iter([OSError("campaigns folder unreadable")])

@@ -104,3 +104,40 @@ def test_commands_refuse_a_database_that_is_out_of_date(run_cli, settings):
     assert result.stderr.endswith("is out of date: run `outreach init`\n")
     assert run_cli("init").exit_code == 0
     assert run_cli("log").exit_code == 0
+
+
+def test_the_migration_to_0013_reads_each_earlier_resend_from_its_trail(tmp_path):
+    """``messages.resent_from`` is filled in from the words ``records.resend`` wrote before the column."""
+    from datetime import UTC, datetime
+
+    from sqlalchemy import select
+
+    from outreach.models import message_events, messages
+    from outreach.review import message_detail
+
+    engine = store.connect(f"sqlite:///{tmp_path / 'old.db'}")
+    store.migrate(engine, "0012")
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    with engine.begin() as conn:
+        for number in (1, 2, 3):
+            conn.execute(
+                messages.insert().values(
+                    id=number, rule="r", template="r", dedupe_key=f"k{number}", recipient="a@b.org",
+                    subject="s", status="sent", message_id=f"<{number}@b.org>", created_at=at, updated_at=at,
+                )
+            )  # fmt: skip
+        conn.execute(
+            message_events.insert(),
+            [
+                {"message_id": 1, "at": at, "action": "resent", "detail": "resent as message 2 by ann"},
+                {"message_id": 2, "at": at, "action": "queued", "detail": "resend of message 1"},
+                {"message_id": 3, "at": at, "action": "queued", "detail": ""},
+            ],
+        )
+    store.migrate(engine)
+    with engine.connect() as conn:
+        origins = dict(conn.execute(select(messages.c.id, messages.c.resent_from)).all())
+        first, second = message_detail(conn, 1), message_detail(conn, 2)
+    engine.dispose()
+    assert origins == {1: None, 2: 1, 3: None}
+    assert first["resent_as"] == [2] and second["resent_from"] == 1

@@ -19,7 +19,7 @@ from flask import Blueprint, Response, abort, flash, redirect, render_template, 
 from flask.typing import ResponseReturnValue
 from markupsafe import escape
 
-from outreach import records, review, store
+from outreach import records, replies, review, store
 from outreach.errors import NotFound, OutreachError
 from outreach.models import FAILED, MESSAGE_STATUSES, PENDING, REDIRECTED, SENT, SUPPRESSED
 from outreach.web import security
@@ -178,6 +178,8 @@ def _sender() -> str:
 def message(message_id: int) -> str:
     """One message whole: headers, status and why, the trail, the text, the email as sent."""
     detail = _detail(message_id)
+    with store.read(engine()) as conn:
+        answers = replies.list_replies(conn, message_id=message_id, limit=None)
     security.audit("view message", f"message {message_id}")
     allowed = [name for name, action in ACTIONS.items() if detail["status"] in action.allowed]
     if detail["body_removed_at"]:  # nothing left to send again
@@ -186,6 +188,14 @@ def message(message_id: int) -> str:
         "message.html",
         m=detail,
         removed=_removed(detail),
+        answers=[
+            {
+                **a,
+                "what": replies.KIND_WORDS.get(a["kind"], a["kind"]),
+                "says": replies.says(a, settings().tz),
+            }
+            for a in reversed(answers)  # oldest first, as the trail
+        ],
         sender=_sender(),
         reason=REASONS.get(detail["reason"] or "", detail["reason"]),
         actions=allowed if principal().may("staff") else [],
