@@ -22,7 +22,13 @@ loopback, and measures, in this order:
 8. peak RSS of the plan + render + send cycle (2 and 3 run in a child
    process for that reason);
 9. retention: ``outreach purge`` of a year of bodies (the older half of the
-   log, under a 30-day retention), while another writer keeps writing.
+   log, under a 30-day retention), while another writer keeps writing;
+10. end to end (``benchmarks/wire.py``): ``outreach run --once`` as a process
+    sending ``scale.wire`` due acknowledgements on 1 and on 4 connections,
+    beside bare smtplib sending the same emails on 1, 2 and 4 connections,
+    and django-post_office (the ``bench`` extra) sending them as a reference;
+11. PostgreSQL only: one ``outreach run`` service, then three, draining
+    ``scale.services`` queued emails, each received exactly once.
 
 It prints one table (figure, value, target, met?) and writes the same as JSON.
 Linux only: the idle figures are read from ``/proc``. ``--profile DIR`` also
@@ -42,6 +48,7 @@ import multiprocessing
 import os
 import platform
 import random
+import re
 import signal
 import smtplib
 import socket
@@ -51,6 +58,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -119,12 +127,14 @@ class Scale:
     idle_seconds: float
     render_samples: int
     runs: int  # repeats of the short measurements (median reported)
+    wire: int = 0  # acknowledgements due for each ``outreach run --once`` (benchmarks/wire.py)
+    services: int = 0  # emails queued for one, then three services (PostgreSQL only)
 
 
 SCALES = {
-    "default": Scale("default", 100_000, 200, 1_000_000, 20_000, 1_000_000, 60, 200, 5),
-    "small": Scale("small", 1_000, 2, 10_000, 200, 10_000, 10, 50, 3),
-    "tiny": Scale("tiny", 100, 2, 1_000, 20, 1_000, 2, 5, 1),
+    "default": Scale("default", 100_000, 200, 1_000_000, 20_000, 1_000_000, 60, 200, 5, 2_000, 20_000),
+    "small": Scale("small", 1_000, 2, 10_000, 200, 10_000, 10, 50, 3, 200, 2_000),
+    "tiny": Scale("tiny", 100, 2, 1_000, 20, 1_000, 2, 5, 1, 20, 200),
 }
 
 
@@ -558,30 +568,45 @@ def mark_sent(engine: Engine) -> int:
 # --- the counting SMTP server (its own process) -----------------------------------------
 
 
-class CountingHandler:
-    """Accepts every message and only counts messages and bytes."""
+MESSAGE_ID = re.compile(rb"^Message-ID:[ \t]*(\S+)", re.IGNORECASE | re.MULTILINE)
 
-    def __init__(self) -> None:
+
+class CountingHandler:
+    """Accepts every message and only counts messages and bytes (and, if asked, each Message-ID)."""
+
+    def __init__(self, by_message_id: bool = False) -> None:
         self.messages = 0
         self.bytes = 0
+        self.ids: Counter[str] | None = Counter() if by_message_id else None
 
     async def handle_DATA(self, server, session, envelope) -> str:
+        data = envelope.original_content or b""
         self.messages += 1
-        self.bytes += len(envelope.original_content or b"")
+        self.bytes += len(data)
+        if self.ids is not None:
+            found = MESSAGE_ID.search(data.split(b"\r\n\r\n", 1)[0])
+            self.ids[found.group(1).decode("ascii", "replace") if found else ""] += 1
         return "250 2.0.0 OK: counted"
 
 
-def serve_counting(port: int, pipe: Connection) -> None:
-    """Process entry point: run the server until told to stop; answer "count" requests."""
+def serve_counting(port: int, pipe: Connection, by_message_id: bool = False) -> None:
+    """Process entry point: run the server until told to stop; answer "count" and "ids" requests.
+
+    "ids" answers with the Message-IDs counted since the last "ids" (and forgets them).
+    """
     from aiosmtpd.controller import Controller
 
-    handler = CountingHandler()
+    handler = CountingHandler(by_message_id)
     controller = Controller(handler, hostname="127.0.0.1", port=port)
     controller.start()
     pipe.send("ready")
     try:
-        while pipe.recv() == "count":
-            pipe.send((handler.messages, handler.bytes))
+        while (request := pipe.recv()) in ("count", "ids"):
+            if request == "count":
+                pipe.send((handler.messages, handler.bytes))
+            else:
+                pipe.send(dict(handler.ids or {}))
+                handler.ids = Counter() if handler.ids is not None else None
     except EOFError:
         pass  # the bench went away
     finally:
@@ -591,13 +616,15 @@ def serve_counting(port: int, pipe: Connection) -> None:
 class CountingServer:
     """The parent's handle on the server process."""
 
-    def __init__(self) -> None:
+    def __init__(self, by_message_id: bool = False) -> None:
         if importlib.util.find_spec("aiosmtpd") is None:
             raise BenchError("the bench needs aiosmtpd: pip install -e '.[bench]'")
         context = multiprocessing.get_context("spawn")  # a clean process, none of our memory
         self.port = free_port()
         self.pipe, child_end = context.Pipe()
-        self.process = context.Process(target=serve_counting, args=(self.port, child_end), daemon=True)
+        self.process = context.Process(
+            target=serve_counting, args=(self.port, child_end, by_message_id), daemon=True
+        )
         self.process.start()
         child_end.close()
         if not self.pipe.poll(60) or self.pipe.recv() != "ready":
@@ -607,6 +634,11 @@ class CountingServer:
     def count(self) -> tuple[int, int]:
         self.pipe.send("count")
         return self.pipe.recv()
+
+    def message_ids(self) -> Counter[str]:
+        """How often each Message-ID arrived since the last call (``by_message_id`` servers)."""
+        self.pipe.send("ids")
+        return Counter(self.pipe.recv())
 
     def stop(self) -> None:
         with contextlib.suppress(OSError):
@@ -1067,10 +1099,11 @@ def wait_until_quiet(process: subprocess.Popen, log_path: Path, timeout: float =
 @dataclass
 class Figure:
     label: str
-    value: float
+    value: float | None  # None: not measured, and ``note`` says why
     unit: str
     target: str | None = None
     met: bool | None = None
+    note: str = ""
 
 
 CONSOLE_FIGURES = (
@@ -1090,7 +1123,8 @@ def judge(scale: Scale, r: dict) -> dict[str, Figure]:
                                 "< 1 s", r["plan_steady_s"] < 1.0),
         "plan_render_s": Figure(f"plan + render ({r['queued']} urgent due)", r["plan_render_s"], "s",
                                 f"< {due_budget:g} s", r["plan_render_s"] < due_budget),
-        "plan_render_ms_per_message": Figure("plan + render, per message", r["plan_render_ms"], "ms"),
+        "plan_render_ms_per_message": Figure("plan + render, per message", r["plan_render_ms"], "ms",
+                                             "<= 0.4 ms", r["plan_render_ms"] <= 0.4),
         "send_msgs_per_s": Figure(f"send ({r['sent']} via dispatcher)", r["send_rate"], "msg/s"),
         "ceiling_msgs_per_s": Figure("ceiling (bare smtplib)", r["ceiling_rate"], "msg/s"),
         "send_vs_ceiling_pct": Figure("send / ceiling", r["send_pct"], "%", ">= 60 %", r["send_pct"] >= 60),
@@ -1120,11 +1154,15 @@ def judge(scale: Scale, r: dict) -> dict[str, Figure]:
         "purge_writer_wait_s": Figure("purge: longest wait of a write beside it", r["purge_writer_wait_s"], "s",
                                       "< 1 s", r["purge_writer_wait_s"] < 1.0),
     }  # fmt: skip
-    return f
+    from benchmarks.wire import wire_figures
+
+    return f | wire_figures(r)
 
 
 def format_value(figure: Figure) -> str:
     value = figure.value
+    if value is None:
+        return figure.note
     text = f"{value:.3f}" if abs(value) < 10 else f"{value:,.1f}" if abs(value) < 1000 else f"{value:,.0f}"
     return f"{text} {figure.unit}"
 
@@ -1197,6 +1235,18 @@ def measure_cycle_and_ceiling(
     return r
 
 
+def measure_wire_and_services(engine: Engine, settings: Settings, folder: Path, scale: Scale) -> dict:
+    """Issue 15's figures, last: they add physicians, clients and mail, so nothing before sees them."""
+    from benchmarks.wire import measure_services, measure_wire
+
+    log_step(f"end to end: outreach run --once, {scale.wire} acknowledgements due")
+    r = measure_wire(engine, settings, folder, scale.wire, scale.runs)
+    if store.is_postgres(engine):
+        log_step(f"one service, then three, on one PostgreSQL queue of {scale.services}")
+        r.update(measure_services(engine, settings, folder, scale.services))
+    return r
+
+
 def run_bench(scale: Scale, database_url: str | None, folder: Path, profile: Path | None) -> dict:
     """Build the practice, take every measurement, return the report as a dict."""
     started, source = time.perf_counter(), source_fingerprint()
@@ -1228,8 +1278,9 @@ def run_bench(scale: Scale, database_url: str | None, folder: Path, profile: Pat
     r.update(measure_console(engine, settings, scale.runs))
     log_step(f"idle service for {scale.idle_seconds:g} s")
     r.update(measure_idle(settings, folder, scale.idle_seconds))
-    log_step("purge a year of bodies")  # last: it empties the older half of the log
+    log_step("purge a year of bodies")  # it empties the older half of the log
     r.update(measure_purge(engine, settings, profile))
+    r.update(measure_wire_and_services(engine, settings, folder, scale))
     facts = environment_facts(engine)
     engine.dispose()
     figures = judge(scale, r)
@@ -1284,4 +1335,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run as the module benchmarks.bench, not as __main__: benchmarks/wire.py imports
+    # it, and both must share one copy of its classes (BenchError, Figure).
+    from benchmarks.bench import main as bench_main
+
+    sys.exit(bench_main())
