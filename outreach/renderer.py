@@ -13,6 +13,7 @@ import logging
 import re
 import textwrap
 import threading
+from collections.abc import MutableMapping
 from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
@@ -22,6 +23,7 @@ import jinja2
 from lxml import etree
 from premailer import Premailer
 
+from outreach import htmlreplay
 from outreach.errors import RenderError
 from outreach.instruments import format_change, format_score
 from outreach.rules import TEMPLATE_PARTS
@@ -61,6 +63,11 @@ def _pad(value: object, width: int) -> str:
 @functools.lru_cache(maxsize=16384)
 def _wrap_line(line: str, width: int, break_long_words: bool, break_on_hyphens: bool) -> tuple[str, ...]:
     """textwrap.wrap as Jinja's ``wordwrap`` calls it, remembered: most lines recur."""
+    if _plain_words(line, break_on_hyphens) and width > 0:
+        words = line.split(" ")
+        lengths = list(map(len, words))
+        if max(lengths) <= width:
+            return _fill(words, lengths, width)
     return tuple(
         textwrap.wrap(
             line,
@@ -71,6 +78,43 @@ def _wrap_line(line: str, width: int, break_long_words: bool, break_on_hyphens: 
             break_on_hyphens=break_on_hyphens,
         )
     )
+
+
+# Every ASCII character but the white space Python's str.strip() knows other than
+# the space (textwrap splits at some of it, and drops what strip() drops):
+# bytes.translate(None, ...) leaves only that white space.
+_WORDS_AND_SPACES = bytes(c for c in range(128) if c == 0x20 or not chr(c).isspace())
+
+
+def _plain_words(line: str, break_on_hyphens: bool) -> bool:
+    """Words and single spaces only, the common line: textwrap's result is a plain greedy fill.
+
+    (The lines that recur are remembered; the ones that name a client, a
+    bottom line or a greeting, are wrapped afresh for every email.)
+    """
+    return (
+        bool(line)
+        and line.isascii()
+        and line[0] != " "
+        and line[-1] != " "
+        and "  " not in line
+        and not (break_on_hyphens and "-" in line)
+        and not line.encode("ascii").translate(None, _WORDS_AND_SPACES)
+    )
+
+
+def _fill(words: list[str], lengths: list[int], width: int) -> tuple[str, ...]:
+    """Words, none longer than ``width``, as textwrap lays them out: as many on a line as fit."""
+    lines = []
+    first, used = 0, lengths[0]
+    for index in range(1, len(words)):
+        if used + 1 + lengths[index] <= width:
+            used += 1 + lengths[index]
+        else:
+            lines.append(" ".join(words[first:index]))
+            first, used = index, lengths[index]
+    lines.append(" ".join(words[first:]))
+    return tuple(lines)
 
 
 @jinja2.pass_environment
@@ -93,6 +137,65 @@ def _wordwrap(
         wrapstring.join(_wrap_line(line, width, break_long_words, break_on_hyphens))
         for line in str(s).splitlines()
     )
+
+
+# The plain-text layout helpers of ``_macros.txt`` (``wrap``, ``para``, ``fact``,
+# ``bullets``), in Python: a dozen calls per email, each a Jinja macro call
+# and a chain of five filters, were a third of rendering. ``_macros.txt``
+# binds its names to these; the output is what its macros gave, byte for byte.
+
+TEXT_WIDTH = 78
+
+
+def text_wrap(text: object, indent: str = "", width: int = TEXT_WIDTH) -> str:
+    """Wrap to ``width`` columns, continuation lines starting with ``indent``.
+
+    Never at a hyphen or before a "%" sign; a no-break space is kept
+    together while wrapping and printed as a plain space.
+    """
+    return _wrap_text(str(text), indent, width)
+
+
+@functools.lru_cache(maxsize=16384)
+def _wrap_text(text: str, indent: str, width: int) -> str:
+    protected = text.replace("\u00a0", "\x07").replace(" %", "\x07%")
+    wrapstring = "\n" + indent
+    lines = (
+        wrapstring.join(_wrap_line(line, width - len(indent), True, False)) for line in protected.splitlines()
+    )
+    return wrapstring.join(lines).replace("\x07", " ")
+
+
+def paragraph(text: object) -> str:
+    """``{% filter para %}…{% endfilter %}``: line breaks and runs of spaces collapse, then it wraps.
+
+    Ends with a blank line. A filter block, not a call block: a call block
+    makes and calls a macro for its body, four times the cost.
+    """
+    return text_wrap(" ".join(str(text).split())) + "\n\n"
+
+
+def text_para(caller: Any) -> str:
+    """``{% call t.para() %}…{% endcall %}``, as the templates wrote it before ``paragraph``."""
+    return paragraph(caller())
+
+
+def text_fact(label: object, value: object) -> str:
+    """``Label:              value``, the value wrapped under itself."""
+    return (str(label) + ":").ljust(19) + " " + text_wrap(value, " " * 20)
+
+
+def text_bullets(items: Any) -> str:
+    """``- item`` lines, continuation lines indented under the text."""
+    return "".join(f"- {text_wrap(item, '  ')}\n" for item in items)
+
+
+TEXT_HELPERS = {
+    "text_wrap": text_wrap,
+    "text_para": text_para,
+    "text_fact": text_fact,
+    "text_bullets": text_bullets,
+}
 
 
 class _CompiledTemplates(jinja2.BytecodeCache):
@@ -121,6 +224,34 @@ class _CompiledTemplates(jinja2.BytecodeCache):
 
 
 _COMPILED = _CompiledTemplates()  # every environment below is configured the same way
+_DICT_NAMES = frozenset(dir(dict))  # what ``getattr`` finds on a plain dict: its methods
+
+
+class _Environment(jinja2.Environment):
+    """Jinja's environment, with ``client.ref`` on a plain dict looked up without an exception.
+
+    Jinja tries ``getattr(client, "ref")`` first and falls back to
+    ``client["ref"]`` when that raises; a context is dicts, so every dotted
+    name in a template raised and caught an AttributeError. A plain dict
+    has no attributes but its class's, so the result is the same.
+    """
+
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        if type(obj) is dict and attribute not in _DICT_NAMES:
+            try:
+                return obj[attribute]
+            except KeyError:
+                return self.undefined(obj=obj, name=attribute)
+        return super().getattr(obj, attribute)
+
+    def make_globals(self, d: MutableMapping[str, Any] | None) -> MutableMapping[str, Any]:
+        """A template's globals as one plain dict, not Jinja's ChainMap over ours.
+
+        Every render copies them, and every import compares them, three
+        walks of a ChainMap per part of every email. Ours are set before
+        the first template is loaded and never change.
+        """
+        return {**self.globals, **(d or {})}
 
 
 def make_environment(templates_dir: Path, sources: dict[str, str] | None = None) -> jinja2.Environment:
@@ -128,7 +259,7 @@ def make_environment(templates_dir: Path, sources: dict[str, str] | None = None)
     loader = (
         jinja2.DictLoader(sources) if sources is not None else jinja2.FileSystemLoader(str(templates_dir))
     )
-    env = jinja2.Environment(
+    env = _Environment(
         loader=loader,
         undefined=jinja2.StrictUndefined,
         autoescape=jinja2.select_autoescape(enabled_extensions=("html",), default=False),
@@ -138,18 +269,41 @@ def make_environment(templates_dir: Path, sources: dict[str, str] | None = None)
         auto_reload=False,  # templates change through a validated reload, not behind our back
         bytecode_cache=_COMPILED,
     )
-    env.filters.update(score=format_score, change=format_change, date=_date, pad=_pad, wordwrap=_wordwrap)
+    env.filters.update(
+        score=format_score, change=format_change, date=_date, pad=_pad, wordwrap=_wordwrap, para=paragraph
+    )
+    env.globals.update(TEXT_HELPERS)
     return env
 
 
 def _premailer(html: object) -> Premailer:
-    return Premailer(
+    return _StylesheetOnce(
         html,
         allow_network=False,
         strip_important=False,
         remove_classes=False,
         cssutils_logging_level=logging.CRITICAL,
     )
+
+
+class _StylesheetOnce(Premailer):
+    """premailer, each stylesheet's rules worked out once, not again for every document.
+
+    premailer keeps the parsed stylesheet, but wrote every property of every
+    rule out again through cssutils for each document: four fifths of its
+    time on ours. Every instance here is configured alike (``_premailer``),
+    and the rules are a function of the stylesheet's text and its index.
+    """
+
+    def _parse_style_rules(self, css_body: str, ruleset_index: int) -> tuple[list, list]:
+        rules, leftover = _style_rules(css_body, ruleset_index)
+        return list(rules), list(leftover)  # premailer's own lists, copied: it extends them
+
+
+@functools.lru_cache(maxsize=64)
+def _style_rules(css_body: str, ruleset_index: int) -> tuple[tuple, tuple]:
+    rules, leftover = Premailer._parse_style_rules(_premailer(None), css_body, ruleset_index)
+    return tuple(rules), tuple(leftover)
 
 
 def inline_css(html: str) -> str:
@@ -169,16 +323,31 @@ class ShapeCachedInliner:
     with the element count of its parse as a check. The first result of
     each shape is checked against premailer's own output, and a shape that
     does not replay exactly is always left to premailer.
+
+    Parsing and writing out each document was still most of the cost, so a
+    shape also learns a replay on strings (``htmlreplay``): the output's
+    tags and the whitespace around them as learned, the text between them
+    as lxml would write it. A document that replay does not vouch for
+    (unusual characters, a blank place where text was) is parsed as before.
     """
 
     MAX_SHAPES = 512
+    ATTEMPTS = 3  # documents of a shape to learn its string replay from before giving up
 
     def __init__(self) -> None:
         self._plans: dict[tuple, tuple[int, tuple | None]] = {}
+        # The same, without parsing (``htmlreplay``); an int: attempts left to learn it.
+        self._fast: dict[tuple, htmlreplay.Replay | int] = {}
 
     def __call__(self, html: str) -> str:
         stripped = html.strip()
-        shape = tuple(_TAG.findall(stripped))  # every tag as written, in order
+        parts = htmlreplay.SPLIT.split(stripped)
+        shape = tuple(parts[1::2])  # every tag as written, in order
+        fast = self._fast.get(shape)
+        if isinstance(fast, htmlreplay.Replay):
+            written = fast(parts[0::2])
+            if written is not None:
+                return written
         learned = self._plans.get(shape)
         if learned is not None:
             count, plan = learned
@@ -187,16 +356,29 @@ class ShapeCachedInliner:
             if plan is not None and len(elements) == count:
                 replayed = _replay(tree, stripped, elements, plan)
                 if replayed is not None:
+                    self._learn_fast(shape, parts, replayed)
                     return replayed
             return inline_css(html)
         reference = inline_css(html)
         if len(self._plans) >= self.MAX_SHAPES:
-            self._plans.pop(next(iter(self._plans)))
+            forgotten = next(iter(self._plans))
+            self._plans.pop(forgotten)
+            self._fast.pop(forgotten, None)
         self._plans[shape] = _learn(stripped, reference)
+        if self._plans[shape][1] is not None:
+            self._learn_fast(shape, parts, reference)
         return reference
 
+    def _learn_fast(self, shape: tuple, parts: list[str], output: str) -> None:
+        """Learn the shape's string replay from a document and premailer's output for it."""
+        left = self._fast.get(shape, self.ATTEMPTS)
+        if not isinstance(left, int) or left <= 0:
+            return
+        replay = htmlreplay.learn(parts, output, _DROPPED)
+        self._fast[shape] = replay if replay is not None else left - 1
 
-_TAG = re.compile(r"<[^>]*>")
+
+_DROPPED = frozenset({"style"})  # elements premailer removes, with their content
 
 
 def _learn(stripped: str, reference: str) -> tuple[int, tuple | None]:
