@@ -6,6 +6,7 @@ import os
 import shutil
 import ssl
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -79,23 +80,67 @@ def migrated_sqlite(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def demo_sqlite(
+    migrated_sqlite: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Callable[[Settings], Path]:
+    """SQLite files with the demo practice loaded at NOW, one per time zone, each made once.
+
+    The demo's dates depend only on NOW and the practice's zone, so a copy of
+    the file is the database ``load_demo`` would have made (its audit rows
+    name this folder's CSV files rather than the test's own).
+    """
+    made: dict[str, Path] = {}
+
+    def template(settings: Settings) -> Path:
+        if settings.timezone not in made:
+            folder = tmp_path_factory.mktemp("demo-template")
+            path = folder / "demo.db"
+            shutil.copyfile(migrated_sqlite, path)
+            url = f"sqlite:///{path}"
+            engine = store.connect(url)
+            load_demo(engine, settings.with_(database_url=url), folder / "demo-csv", NOW)
+            engine.dispose()  # the WAL folded into the file before it is copied
+            made[settings.timezone] = path
+        return made[settings.timezone]
+
+    return template
+
+
 @pytest.fixture
-def engine(settings: Settings, migrated_sqlite: Path):
-    """The test's database at the newest schema (SQLite: a copy of one migrated file, for speed)."""
+def engine(
+    request: pytest.FixtureRequest,
+    settings: Settings,
+    migrated_sqlite: Path,
+    demo_sqlite: Callable[[Settings], Path],
+):
+    """The test's database at the newest schema (SQLite: a copy of one migrated file, for speed).
+
+    A test that asks for ``demo_engine`` gets (on SQLite) a copy of the demo
+    database straight away, instead of an empty one the demo is imported into.
+    """
     url = make_url(settings.database_url)
-    if url.get_backend_name() == "sqlite" and url.database and not Path(url.database).exists():
-        shutil.copyfile(migrated_sqlite, url.database)
+    copied = url.get_backend_name() == "sqlite" and bool(url.database) and not Path(url.database).exists()
+    if copied:
+        demo = "demo_engine" in request.fixturenames
+        shutil.copyfile(demo_sqlite(settings) if demo else migrated_sqlite, url.database)
         os.chmod(url.database, 0o600)
+        request.node.stash[DEMO_COPIED] = demo
     engine = store.connect(settings.database_url)
-    store.migrate(engine)  # nothing to do on a copy; the whole schema on PostgreSQL
+    if not copied:  # a copy is at the newest schema already; PostgreSQL gets the whole schema
+        store.migrate(engine)
     yield engine
     engine.dispose()
 
 
+DEMO_COPIED = pytest.StashKey[bool]()  # the test's SQLite file is a copy of the demo database
+
+
 @pytest.fixture
-def demo_engine(engine, settings: Settings, tmp_path: Path):
-    """The database with the demo practice loaded, dated relative to NOW."""
-    load_demo(engine, settings, tmp_path / "demo-csv", NOW)
+def demo_engine(request: pytest.FixtureRequest, engine, settings: Settings, tmp_path: Path):
+    """The database with the demo practice loaded, dated relative to NOW (SQLite: copied, see ``engine``)."""
+    if not request.node.stash.get(DEMO_COPIED, False):
+        load_demo(engine, settings, tmp_path / "demo-csv", NOW)
     return engine
 
 

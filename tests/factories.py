@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import functools
 import uuid
 from itertools import count
+from pathlib import Path
 
 from outreach import outbox, store
 from outreach.models import PENDING, message_events, messages
-from tests.conftest import NOW
+from outreach.renderer import Renderer
+from tests.conftest import NOW, ROOT
+
+SHIPPED_TEMPLATES = ROOT / "outreach" / "templates" / "email"
 
 _serial = count(1)
 
@@ -69,6 +74,25 @@ def shipped_rules(settings):
     from outreach.rules import load_rules
 
     return load_rules(settings.campaigns_dir, settings.templates_dir)
+
+
+def renderer(templates_dir: Path) -> Renderer:
+    """A Renderer for ``templates_dir``: over the shipped templates, one kept for the whole run.
+
+    The service keeps one Renderer for its life, and its CSS inlining learns
+    each document shape once (checked against premailer the first time);
+    building one per plan made every test pay for premailer again. The
+    shipped templates are never edited by a test; any other folder (a test's
+    own, or a broken copy) gets a fresh Renderer, so edits are always seen.
+    """
+    if Path(templates_dir).resolve() == SHIPPED_TEMPLATES.resolve():
+        return _shipped_renderer()
+    return Renderer(templates_dir)
+
+
+@functools.cache
+def _shipped_renderer() -> Renderer:
+    return Renderer(SHIPPED_TEMPLATES)
 
 
 def demo_clients_for(engine, rule):

@@ -188,18 +188,23 @@ def test_a_random_csv_imports_or_fails_cleanly_and_a_failure_changes_nothing(
     kind, engine, settings, tmp_path
 ):
     path = tmp_path / f"{kind}.csv"
+    known: list[dict] = []  # the base state, when the last example is known to have left it so
 
     @EXAMPLES
     @given(content=csv_file(kind), skip_invalid=st.booleans())
     def check(content: bytes, skip_invalid: bool):
-        reset(engine, settings, tmp_path)
-        before = dump(engine)
+        if known:  # a failed import just checked to have changed nothing: no reset needed
+            before = known.pop()
+        else:
+            reset(engine, settings, tmp_path)
+            before = dump(engine)
         path.write_bytes(content)
         try:
             import_file(engine, settings, kind, path, NOW, skip_invalid)
         except OutreachError as exc:
             assert str(exc).strip(), "an error with nothing to say"
             assert dump(engine) == before, "a failed import changed the database"
+            known.append(before)
 
     check()
 

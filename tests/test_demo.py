@@ -8,10 +8,12 @@ cycle as of the physicians' next office hours, so the log shows mail sent.
 
 from __future__ import annotations
 
+import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+import pytest
 from click.testing import CliRunner, Result
 
 from outreach import store
@@ -111,9 +113,22 @@ def test_an_empty_folder_that_exists_is_used(tmp_path):
     assert (folder / MARKER).is_file() and (folder / "outreach-demo.db").is_file()
 
 
-def test_every_file_holding_demo_health_information_is_owner_only(tmp_path):
-    folder = tmp_path / "demo"
-    result = demo("--dir", str(folder), "--now", MONDAY_MORNING.isoformat())
+@pytest.fixture(scope="module")
+def monday_demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Result]:
+    """One demo, run in a new folder as of the moment it picks for Saturday night (Monday morning).
+
+    The tests that use it only read what it made, so they share the run (a demo is a whole cycle).
+    """
+    folder = tmp_path_factory.mktemp("monday") / "demo"
+    with pytest.MonkeyPatch.context() as patch:  # before the per-test fixture that does the same
+        for key in [key for key in os.environ if key.startswith("OUTREACH_")]:
+            patch.delenv(key)
+        result = demo("--dir", str(folder), "--now", demo_moment(SATURDAY_NIGHT, PRACTICE).isoformat())
+    return folder, result
+
+
+def test_every_file_holding_demo_health_information_is_owner_only(monday_demo):
+    folder, result = monday_demo
     assert result.exit_code == 0, result.output
     private = [
         folder / "outreach-demo.db",
@@ -158,9 +173,8 @@ def test_a_practice_whose_hours_never_meet_its_physicians_gets_the_best_hour_and
     assert note.startswith("Running the demo as of ") and "most of the physicians' office hours" in note
 
 
-def test_run_as_of_that_moment_the_whole_cycle_is_sent(tmp_path):
-    folder = tmp_path / "demo"
-    result = demo("--dir", str(folder), "--now", demo_moment(SATURDAY_NIGHT, PRACTICE).isoformat())
+def test_run_as_of_that_moment_the_whole_cycle_is_sent(monday_demo):
+    folder, result = monday_demo
     assert result.exit_code == 0, result.output
     found = statuses(folder)
     assert set(found) == {"sent", "suppressed"}, found  # nothing pending, waiting for a window

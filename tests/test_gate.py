@@ -28,10 +28,12 @@ EVENING = "2026-11-02T22:00:00-05:00"  # the Monday before: mail waits for the w
 
 
 @pytest.fixture
-def clinic(run_cli, settings, smtp_server, tmp_path):
-    """Two physicians in New York, four consenting clients of Dr Osei, through the CLI."""
+def clinic(run_cli, settings, engine, smtp_server, tmp_path):
+    """Two physicians in New York, four consenting clients of Dr Osei, through the CLI.
+
+    The database is the suite's migrated one (``engine``): ``outreach init`` has tests of its own.
+    """
     cli = checked_cli(run_cli, smtp_settings(settings, smtp_server))
-    cli("init")
     now = "2026-11-02T09:00:00-05:00"
     (tmp_path / "p.csv").write_text(
         "email,name,credentials,timezone\n"

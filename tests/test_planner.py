@@ -12,16 +12,16 @@ from outreach.importer import record_event
 from outreach.models import CANCELLED, FAILED, PENDING, SUPPRESSED, clients, messages, physicians
 from outreach.outbox import with_body
 from outreach.planner import find_due, plan
-from outreach.renderer import Renderer
 from outreach.rules import load_rules
 from tests.conftest import NOW
+from tests.factories import renderer
 
 DAY = timedelta(days=1)
 
 
 def run_plan(engine, settings, now=NOW):
     rules = load_rules(settings.campaigns_dir, settings.templates_dir)
-    return plan(engine, settings, rules, Renderer(settings.templates_dir), now)
+    return plan(engine, settings, rules, renderer(settings.templates_dir), now)
 
 
 def rows(engine, **where):

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -125,9 +125,8 @@ def test_the_cli_reports_a_bad_value_in_one_line(run_cli, key, value, fragment):
     assert "Traceback" not in result.output
 
 
-def test_the_cli_reports_a_database_url_with_a_bad_port_in_one_line(tmp_path):
-    env = {**_clean_env(), "OUTREACH_DATABASE_URL": "postgresql://outreach@db.internal:abc/outreach"}
-    result = _outreach(["init"], cwd=tmp_path, env=env)
+def test_the_cli_reports_a_database_url_with_a_bad_port_in_one_line(outreach):
+    result = outreach(["init"], OUTREACH_DATABASE_URL="postgresql://outreach@db.internal:abc/outreach")
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     assert result.stderr.strip().startswith("error: OUTREACH_DATABASE_URL: ")
@@ -166,55 +165,73 @@ def test_a_settings_error_does_not_print_the_password(run_cli):
 # --- .env, loaded by the console entry point only ---------------------------------------------
 
 
-def _clean_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith("OUTREACH_")}
+@dataclass
+class Ran:
+    returncode: int
+    stdout: str
+    stderr: str
 
 
-def _outreach(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "outreach", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+@pytest.fixture
+def outreach(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path):
+    """``outreach ARGS`` through the console entry point (``cli.main``, which reads ``./.env``) in
+    ``tmp_path``, in-process: ``tests/test_dotenv.py`` runs ``python -m outreach`` as a child process.
+
+    The ``.env`` is loaded into ``os.environ``; the environment is put back as it was afterwards.
+    """
+    from outreach.cli import main
+
+    saved = dict(os.environ)
+
+    def run(args: list[str], **env: str) -> Ran:
+        monkeypatch.chdir(tmp_path)
+        monkeypatch.setattr(sys, "argv", ["outreach", *args])
+        os.environ.update(env)
+        with pytest.raises(SystemExit) as stopped:
+            main()
+        out = capsys.readouterr()
+        code = stopped.value.code
+        if isinstance(code, str):  # sys.exit("error: ..."): the interpreter would print it to stderr
+            return Ran(1, out.out, out.err + code + "\n")
+        return Ran(code or 0, out.out, out.err)
+
+    yield run
+    os.environ.clear()
+    os.environ.update(saved)
 
 
-def test_dotenv_values_are_used(tmp_path):
+def test_dotenv_values_are_used(outreach, tmp_path):
     db = tmp_path / "from-dotenv.db"
     (tmp_path / ".env").write_text(f"OUTREACH_DATABASE_URL=sqlite:///{db}\n")
-    result = _outreach(["init"], cwd=tmp_path, env=_clean_env())
+    result = outreach(["init"])
     assert result.returncode == 0, result.stderr
     assert db.is_file()
 
 
-def test_a_bad_dotenv_value_is_reported_by_key(tmp_path):
+def test_a_bad_dotenv_value_is_reported_by_key(outreach, tmp_path):
     (tmp_path / ".env").write_text("OUTREACH_SMTP_PORT=abc\n")
-    env = {
-        **_clean_env(),
-        "OUTREACH_CAMPAIGNS_DIR": str(ROOT / "outreach" / "campaigns"),
-        "OUTREACH_TEMPLATES_DIR": str(ROOT / "outreach" / "templates" / "email"),
-    }
-    result = _outreach(["check"], cwd=tmp_path, env=env)
+    result = outreach(
+        ["check"],
+        OUTREACH_CAMPAIGNS_DIR=str(ROOT / "outreach" / "campaigns"),
+        OUTREACH_TEMPLATES_DIR=str(ROOT / "outreach" / "templates" / "email"),
+    )
     assert result.returncode == 1
     assert result.stderr.splitlines() == ["error: OUTREACH_SMTP_PORT: 'abc' is not a whole number"]
     assert "Traceback" not in result.stderr
 
 
-def test_dotenv_never_overrides_the_environment(tmp_path):
+def test_dotenv_never_overrides_the_environment(outreach, tmp_path):
     db = tmp_path / "outreach.db"
     (tmp_path / ".env").write_text(
         "OUTREACH_SMTP_PORT=abc\nOUTREACH_DATABASE_URL=sqlite:///" + str(tmp_path / "dotenv.db") + "\n"
     )
-    env = {
-        **_clean_env(),
-        "OUTREACH_SMTP_PORT": "2525",
-        "OUTREACH_DATABASE_URL": f"sqlite:///{db}",
-        "OUTREACH_CAMPAIGNS_DIR": str(ROOT / "outreach" / "campaigns"),
-        "OUTREACH_TEMPLATES_DIR": str(ROOT / "outreach" / "templates" / "email"),
-    }
-    result = _outreach(["init"], cwd=tmp_path, env=env)
+    result = outreach(
+        ["init"],
+        OUTREACH_SMTP_PORT="2525",
+        OUTREACH_DATABASE_URL=f"sqlite:///{db}",
+        OUTREACH_CAMPAIGNS_DIR=str(ROOT / "outreach" / "campaigns"),
+        OUTREACH_TEMPLATES_DIR=str(ROOT / "outreach" / "templates" / "email"),
+    )
     assert result.returncode == 0, result.stderr
     assert "schema revision" in result.stdout
     assert db.is_file() and not (tmp_path / "dotenv.db").exists()

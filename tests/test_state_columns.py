@@ -36,18 +36,17 @@ from outreach.models import (
 )
 from outreach.planner import find_due, plan, reconsider_consent
 from outreach.records import add_event
-from outreach.renderer import Renderer
 from outreach.rerender import Rerenderer
 from outreach.settings import address_problem, is_address
 from tests.conftest import NOW, checked_cli
-from tests.factories import shipped_rules
+from tests.factories import renderer, shipped_rules
 
 EARLY_QUARTER = datetime(2027, 1, 5, 15, 0, tzinfo=UTC)
 OSEI = "r.osei@ortho.example.org"
 
 
 def run_plan(engine, settings, now=NOW):
-    return plan(engine, settings, shipped_rules(settings), Renderer(settings.templates_dir), now)
+    return plan(engine, settings, shipped_rules(settings), renderer(settings.templates_dir), now)
 
 
 def entries(engine, *where) -> list:
@@ -231,7 +230,7 @@ def test_consent_on_record_revives_by_reason_not_by_wording(demo_engine, setting
         )
     rules = shipped_rules(settings)
     later = NOW + timedelta(hours=1)
-    assert reconsider_consent(demo_engine, settings, rules, Renderer(settings.templates_dir), later) == (0, 1)
+    assert reconsider_consent(demo_engine, settings, rules, renderer(settings.templates_dir), later) == (0, 1)
     [revived] = entries(demo_engine, messages.c.id == held.id)
     assert (revived.status, revived.reason, revived.last_error) == (PENDING, None, None)
     with store.read(demo_engine) as conn:
@@ -260,7 +259,7 @@ def test_a_failed_update_rendered_again_reports_on_its_event_column(demo_engine,
         conn.execute(
             update(events).where(events.c.id == failed.event_id).values(note="Read from the event row")
         )
-    redo = Rerenderer(settings, shipped_rules(settings), Renderer(settings.templates_dir))
+    redo = Rerenderer(settings, shipped_rules(settings), renderer(settings.templates_dir))
     with store.read(demo_engine) as conn:
         [again] = redo.render(conn, [failed.id], NOW)
     assert "Assessment findings: Read from the event row" in again.rendered.text
