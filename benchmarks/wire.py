@@ -31,7 +31,6 @@ import logging
 import multiprocessing
 import random
 import signal
-import smtplib
 import statistics
 import subprocess
 import time
@@ -59,6 +58,7 @@ from benchmarks.bench import (
     log_step,
     outreach_command,
     physician_row,
+    send_bare,
     service_env,
     sync_sequences,
 )
@@ -189,19 +189,6 @@ def built_for(engine: Engine, settings: Settings, ids: range) -> list[tuple[str,
 
 
 # --- the ceilings -------------------------------------------------------------------------------
-
-
-def send_bare(settings: Settings, built: list[tuple[str, bytes]]) -> None:
-    """One connection, every message in ``built``, as plainly as smtplib allows."""
-    connection = smtplib.SMTP(settings.smtp_host, settings.smtp_port, timeout=settings.smtp_timeout)
-    connection.ehlo()
-    for recipient, data in built:
-        connection.mail(settings.from_addr)
-        connection.rcpt(recipient)
-        code, reply = connection.data(data)
-        if code != 250:
-            raise BenchError(f"the counting server refused a message: {code} {reply!r}")
-    connection.quit()
 
 
 def measure_ceiling_on(settings: Settings, built: list[tuple[str, bytes]], connections: int) -> float:
