@@ -296,6 +296,9 @@ messages = Table(
     # ``outreach log --status X`` (newest first) and the planner's recent messages by status.
     Index("ix_messages_status_created", "status", "created_at"),
     Index("ix_messages_rule_created", "rule", "created_at"),  # the console's filter by rule
+    # The planner combines each chunk's physicians' ready mail (``digest.batch``): their
+    # pending normal mail alone, however many urgent ones wait beside it.
+    Index("ix_messages_ready", "status", "priority", "physician_id"),
 )
 
 # What a message says, apart from the log entry itself: the log is scanned

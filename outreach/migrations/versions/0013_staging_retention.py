@@ -32,6 +32,7 @@ def upgrade() -> None:
         batch.add_column(sa.Column("resent_from", sa.Integer(), nullable=True))
         batch.create_foreign_key("fk_messages_resent_from", "messages", ["resent_from"], ["id"])
     op.create_index("ix_messages_resent_from", "messages", ["resent_from"])
+    op.create_index("ix_messages_ready", "messages", ["status", "priority", "physician_id"])
     with op.batch_alter_table("inbound") as batch:
         batch.add_column(sa.Column("body_removed_at", sa.DateTime(), nullable=True))
         batch.add_column(sa.Column("body_sha256", sa.String(length=64), nullable=True))
@@ -58,6 +59,7 @@ def _fill_resent_from() -> None:
 
 def downgrade() -> None:
     op.drop_index("ix_messages_resent_from", table_name="messages")
+    op.drop_index("ix_messages_ready", table_name="messages")
     with op.batch_alter_table("inbound") as batch:
         batch.drop_column("body_sha256")
         batch.drop_column("body_removed_at")
