@@ -40,7 +40,7 @@ from outreach.renderer import Renderer
 from outreach.replies import format_replies, list_replies
 from outreach.retention import NOT_SET, purge
 from outreach.review import show_message
-from tests.conftest import NOW
+from tests.conftest import DATABASES, NOW
 from tests.factories import message, queue_message, shipped_rules, trail
 
 DAYS = 30
@@ -425,9 +425,9 @@ def test_a_long_purge_goes_in_passes_and_a_budget_stops_it_between_chunks(engine
     assert [removed(engine, i) for i in more] == [True, True, False]
 
 
+# SQLite writers queue for the one write lock: there is nothing to skip there.
+@pytest.mark.parametrize("database_url", [d for d in DATABASES if d == "postgresql"], indirect=True)
 def test_postgresql_skips_a_message_another_process_holds(engine, kept):
-    if not store.is_postgres(engine):
-        pytest.skip("SQLite writers queue for the one write lock: there is nothing to skip")
     held, free = queue_message(engine, **old()), queue_message(engine, **old())
     with engine.connect() as other, other.begin():
         other.execute(select(messages.c.id).where(messages.c.id == held).with_for_update())
