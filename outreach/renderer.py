@@ -276,14 +276,17 @@ def make_environment(templates_dir: Path, sources: dict[str, str] | None = None)
     return env
 
 
+# How premailer is asked to inline: the tests hold stock premailer, so configured, as the reference.
+PREMAILER_OPTIONS: dict[str, Any] = {
+    "allow_network": False,
+    "strip_important": False,
+    "remove_classes": False,
+    "cssutils_logging_level": logging.CRITICAL,
+}
+
+
 def _premailer(html: object) -> Premailer:
-    return _StylesheetOnce(
-        html,
-        allow_network=False,
-        strip_important=False,
-        remove_classes=False,
-        cssutils_logging_level=logging.CRITICAL,
-    )
+    return _StylesheetOnce(html, **PREMAILER_OPTIONS)
 
 
 class _StylesheetOnce(Premailer):

@@ -8,7 +8,7 @@ from itertools import count
 from pathlib import Path
 
 from outreach import outbox, store
-from outreach.models import PENDING, message_events, messages
+from outreach.models import PENDING, inbound, message_events, messages
 from outreach.renderer import Renderer
 from tests.conftest import NOW, ROOT
 
@@ -49,6 +49,28 @@ def queue_message(engine, **overrides) -> int:
         message_id = outbox.insert_message(conn, message_row(**overrides))
         outbox.trail(conn, message_id, NOW, "queued")
     return message_id
+
+
+def record_inbound(engine, **overrides) -> int:
+    """One email as the inbox records it (a handled reply unless told otherwise); its id."""
+    from sqlalchemy import func, insert, select
+
+    with store.write(engine) as conn:
+        uid = (conn.execute(select(func.count()).select_from(inbound)).scalar() or 0) + 1
+        row = {
+            "folder": "INBOX",
+            "uidvalidity": 1,
+            "uid": uid,
+            "kind": "reply",
+            "sender": "a.smith@clinic.example.org",
+            "subject": "Re: update",
+            "received_at": NOW,
+            "created_at": NOW,
+            "text": "",
+            "moved": True,
+            **overrides,
+        }
+        return conn.execute(insert(inbound).values(**row).returning(inbound.c.id)).scalar_one()
 
 
 def message(engine, message_id: int):

@@ -15,14 +15,14 @@ from email.utils import format_datetime
 from pathlib import Path
 
 import pytest
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import delete, select, update
 
 from outreach import outbox, records, store
 from outreach.errors import NotFound, OutreachError
 from outreach.export import client_zip, default_name, export_client
 from outreach.models import FAILED, SENT, audit, clients, inbound, message_bodies, messages, physicians
 from tests.conftest import NOW
-from tests.factories import queue_message
+from tests.factories import queue_message, record_inbound
 
 DOCTOR = "r.osei@ortho.example.org"
 OURS = ("Maria Quintero", "left ACL reconstruction")
@@ -59,27 +59,18 @@ def reply(engine, uid: int, to: int, body: str, client: int | None) -> int:
     mail["Message-ID"] = f"<reply{uid}@ortho.example.org>"
     mail["In-Reply-To"] = header_id(engine, to)
     mail.set_content(body)
-    with store.write(engine) as conn:
-        return conn.execute(
-            insert(inbound)
-            .values(
-                folder="INBOX",
-                uidvalidity=1,
-                uid=uid,
-                header_message_id=mail["Message-ID"],
-                kind="reply",
-                message_id=to,
-                client_id=client,
-                sender=DOCTOR,
-                subject=mail["Subject"],
-                received_at=NOW - timedelta(days=1),
-                text=body,
-                raw=bytes(mail),
-                moved=True,
-                created_at=NOW,
-            )
-            .returning(inbound.c.id)
-        ).scalar_one()
+    return record_inbound(
+        engine,
+        uid=uid,
+        header_message_id=mail["Message-ID"],
+        message_id=to,
+        client_id=client,
+        sender=DOCTOR,
+        subject=mail["Subject"],
+        received_at=NOW - timedelta(days=1),
+        text=body,
+        raw=bytes(mail),
+    )
 
 
 @pytest.fixture

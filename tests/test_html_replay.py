@@ -8,8 +8,6 @@ with hostile text in every kind of place a template puts a value.
 
 from __future__ import annotations
 
-import logging
-
 import pytest
 from hypothesis import HealthCheck, example, given
 from hypothesis import settings as settings_
@@ -18,18 +16,12 @@ from lxml import etree
 from premailer import Premailer
 
 from outreach import htmlreplay
-from outreach.renderer import ShapeCachedInliner, inline_css
+from outreach.renderer import PREMAILER_OPTIONS, ShapeCachedInliner, inline_css
 
 
 def premailer(html: str) -> str:
     """premailer itself, configured as ``renderer`` configures it: the reference."""
-    return Premailer(
-        html,
-        allow_network=False,
-        strip_important=False,
-        remove_classes=False,
-        cssutils_logging_level=logging.CRITICAL,
-    ).transform()
+    return Premailer(html, **PREMAILER_OPTIONS).transform()
 
 
 def through_lxml(text: str) -> str | None:

@@ -14,7 +14,7 @@ import threading
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import select, update
 
 from outreach import records, retention, store
 from outreach.daemon import Jobs, Service
@@ -41,7 +41,7 @@ from outreach.replies import format_replies, list_replies
 from outreach.retention import NOT_SET, purge
 from outreach.review import show_message
 from tests.conftest import DATABASES, NOW
-from tests.factories import message, queue_message, shipped_rules, trail
+from tests.factories import message, queue_message, record_inbound, shipped_rules, trail
 
 DAYS = 30
 CUTOFF = NOW - timedelta(days=DAYS)
@@ -166,26 +166,14 @@ RAW = b"From: a.smith@clinic.example.org\r\nSubject: Re: update\r\n\r\nHold exer
 
 def receive(engine, age: timedelta, raw: bytes | None = RAW, message_id: int | None = None) -> int:
     """An inbound email as the inbox records it, ``age`` before NOW."""
-    with store.write(engine) as conn:
-        uid = (conn.execute(select(func.count()).select_from(inbound)).scalar() or 0) + 1
-        return conn.execute(
-            insert(inbound)
-            .values(
-                folder="INBOX",
-                uidvalidity=1,
-                uid=uid,
-                kind="reply",
-                message_id=message_id,
-                sender="a.smith@clinic.example.org",
-                subject="Re: update",
-                received_at=NOW - age,
-                created_at=NOW - age,
-                text="Hold exercise until Tuesday.",
-                raw=raw,
-                moved=True,
-            )
-            .returning(inbound.c.id)
-        ).scalar_one()
+    return record_inbound(
+        engine,
+        message_id=message_id,
+        received_at=NOW - age,
+        created_at=NOW - age,
+        text="Hold exercise until Tuesday.",
+        raw=raw,
+    )
 
 
 def inbound_row(engine, inbound_id: int):

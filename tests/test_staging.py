@@ -43,7 +43,11 @@ def test_redirected_end_to_end_the_physician_is_never_an_envelope_recipient(
     run_cli, settings, smtp_server, tmp_path
 ):
     cli, now = practice(run_cli, settings, smtp_server, tmp_path)
-    cli("run", "--once", "--now", now, staging=True)
+    ran = cli("run", "--once", "--now", now, staging=True).stdout
+    assert (
+        "staging: every email went to try@practice.example, owner@practice.example, none to a physician"
+        in ran
+    )
 
     [received] = smtp_server.received
     assert received.rcpt_tos == ["try@practice.example", "owner@practice.example"]
@@ -263,3 +267,20 @@ def test_the_banner_and_headers_hold_hostile_names_and_many_addresses(settings):
     assert html.index("<BODY class='x'>") < html.index("Staging:") < html.index("<p>All well.")
     text = mail.get_body(("plain",)).get_content()
     assert text.splitlines()[0].startswith("Staging: this email would have gone to Dr <script>")
+
+
+def test_the_console_says_where_a_redirected_message_went_and_offers_to_send_it_for_real(
+    engine, settings, quick_passwords
+):
+    from outreach.models import REDIRECTED
+    from outreach.web import create_app
+    from tests.factories import queue_message
+    from tests.web_support import Clock, Console
+
+    staged = queue_message(
+        engine, status=REDIRECTED, sent_at=NOW, redirected_to="try@practice.example,owner@practice.example"
+    )
+    console = Console(create_app(settings, engine, Clock(NOW)), engine, Clock(NOW))
+    page = console.login("staff").get(f"/messages/{staged}").get_data(as_text=True)
+    assert "sent to try@practice.example, owner@practice.example, never to the physician" in page
+    assert f'action="/messages/{staged}/resend"' in page

@@ -624,21 +624,18 @@ def test_dates_and_cursors_out_of_range_are_said_on_the_page(console):
 
 
 def test_the_message_page_shows_what_came_back_oldest_first(console):
-    from outreach.models import inbound
+    from tests.factories import record_inbound
 
     ids = practice(console.engine)
     sent = queue_message(console.engine, **to(ids, SMITH, "C-1", status=SENT, sent_at=NOW))
-    common = {"folder": "INBOX", "uidvalidity": 1, "message_id": sent, "moved": True, "created_at": NOW}
-    with store.write(console.engine) as conn:
-        conn.execute(
-            inbound.insert(),
-            [
-                {**common, "uid": 1, "kind": "auto_reply", "sender": SMITH, "subject": "Out of office",
-                 "received_at": NOW + timedelta(hours=1), "text": "Back Monday."},
-                {**common, "uid": 2, "kind": "reply", "sender": SMITH, "subject": "Re: Progress",
-                 "received_at": NOW + timedelta(hours=30), "text": "Hold <b>squats</b>; see her Tuesday."},
-            ],
-        )  # fmt: skip
+    record_inbound(
+        console.engine, message_id=sent, kind="auto_reply", sender=SMITH, subject="Out of office",
+        received_at=NOW + timedelta(hours=1), text="Back Monday.",
+    )  # fmt: skip
+    record_inbound(
+        console.engine, message_id=sent, sender=SMITH, subject="Re: Progress",
+        received_at=NOW + timedelta(hours=30), text="Hold <b>squats</b>; see her Tuesday.",
+    )  # fmt: skip
     page = console.login("viewer").get(f"/messages/{sent}").get_data(as_text=True)
 
     came_back = page.split("What came back", 1)[1]
