@@ -579,6 +579,11 @@ class CountingHandler:
         self.bytes = 0
         self.ids: Counter[str] | None = Counter() if by_message_id else None
 
+    async def handle_EHLO(self, server, session, envelope, hostname, responses) -> list[str]:
+        """Offers PIPELINING (RFC 2920), as Postfix, Exim and the big providers do."""
+        session.host_name = hostname
+        return [*responses[:-1], "250-PIPELINING", responses[-1]]
+
     async def handle_DATA(self, server, session, envelope) -> str:
         data = envelope.original_content or b""
         self.messages += 1

@@ -68,6 +68,9 @@ class Handler:
     peak: int = 0  # the most open at once
     refused_connections: int = 0
     peers: set = field(default_factory=set)  # (host, port) of each connection that delivered mail
+    pipelining: bool = True  # offer PIPELINING (RFC 2920), as Postfix and the big providers do
+    refuse_mail: str = ""  # a reply to MAIL FROM, e.g. "451 4.3.0 try later"
+    data_waiting: list = field(default_factory=list)  # per RCPT: was DATA already sent with it?
 
     def count_by_message_id(self) -> dict[str, int]:
         """How many times each Message-ID arrived."""
@@ -79,7 +82,22 @@ class Handler:
             counts[key] = counts.get(key, 0) + 1
         return counts
 
+    async def handle_EHLO(self, server, session, envelope, hostname, responses):
+        session.host_name = hostname
+        if self.pipelining:
+            responses.insert(-1, "250-PIPELINING")
+        return responses
+
+    async def handle_MAIL(self, server, session, envelope, address, mail_options):
+        if self.refuse_mail:
+            return self.refuse_mail
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 OK"
+
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        # What the client sent and the server has not read yet: DATA there means it pipelined.
+        self.data_waiting.append(b"DATA\r\n" in bytes(server._reader._buffer))
         refusal = self.refuse_rcpt.get(address.lower())
         if refusal:
             return refusal

@@ -59,7 +59,11 @@ class Backend:
         """
         to = (recipients,) if isinstance(recipients, str) else tuple(recipients)
         self._envelope(msg, sender, to)
-        before_data()
+        try:
+            before_data()
+        except BaseException:
+            self._abandon()
+            raise
         return self._data(msg)
 
     def _envelope(self, msg: Email, sender: str, recipients: tuple[str, ...]) -> None:
@@ -72,6 +76,9 @@ class Backend:
     def _data(self, msg: Email) -> str:
         """Hand the email over; the acceptance text for the log."""
         raise NotImplementedError
+
+    def _abandon(self) -> None:
+        """The hook raised after ``_envelope``: undo what it began, so the next email starts clean."""
 
     def __enter__(self) -> Backend:
         self.open()
