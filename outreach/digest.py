@@ -101,17 +101,17 @@ def batch(
         else:
             for chunk in store.chunks(sorted(only)):
                 ready += conn.execute(query.where(messages.c.physician_id.in_(chunk))).all()
-    groups = [
-        (physician_id, list(group)) for physician_id, group in groupby(ready, key=lambda r: r.physician_id)
-    ]
-    for chunk in store.chunks(groups):
+    groups: dict[int, list[Any]] = {
+        key: list(rows) for key, rows in groupby(ready, key=lambda r: r.physician_id)
+    }
+    for ids in store.chunks(list(groups)):
         with store.read(engine) as conn:
-            doctors, recent = _physicians_and_sends(conn, [physician_id for physician_id, _ in chunk], now)
-        for physician_id, group in chunk:
-            doctor = doctors[physician_id]
+            doctors, recent = _physicians_and_sends(conn, list(ids), now)
+        for physician_id in ids:
             _batch_physician(
-                engine, settings, renderer, rules, doctor, recent[physician_id], group, now, report
-            )
+                engine, settings, renderer, rules, doctors[physician_id], recent[physician_id],
+                groups[physician_id], now, report,
+            )  # fmt: skip
     return report
 
 
