@@ -464,22 +464,31 @@ class Dispatcher:
         seat: _Seat | None,
         planning: Planning | None = None,
     ) -> None:
-        """One connection's pass: claim a batch, send it, until nothing is due or sending must stop."""
-        while not (stop and stop.is_set()):
-            size = quota.take(self._claim_size())
-            if not size:
-                break
-            fence = planning.fence() if planning is not None else None
-            rows = claim(self.engine, self.settings, size, self.clock(), self.worker, fence)
-            quota.give_back(size - len(rows))
-            if not rows:
-                if fence is not None and planning is not None:
-                    planning.wait(PLAN_POLL_SECONDS)  # the plan goes on: more will be released
-                    continue
-                break
-            batch = _Batch(self, backend, rows, report, stop, seat)
-            if batch.screen() and not batch.send():
-                break
+        """One connection's pass: claim a batch, send it, until nothing is due or sending must stop.
+
+        The connection stays open from one batch to the next while they come
+        back to back, and is closed before any wait: a server may drop a
+        connection left idle, and the message sent on it next would pay.
+        """
+        try:
+            while not (stop and stop.is_set()):
+                size = quota.take(self._claim_size())
+                if not size:
+                    break
+                fence = planning.fence() if planning is not None else None
+                rows = claim(self.engine, self.settings, size, self.clock(), self.worker, fence)
+                quota.give_back(size - len(rows))
+                if not rows:
+                    if fence is not None and planning is not None:
+                        backend.close()
+                        planning.wait(PLAN_POLL_SECONDS)  # the plan goes on: more will be released
+                        continue
+                    break
+                batch = _Batch(self, backend, rows, report, stop, seat)
+                if batch.screen() and not batch.send():
+                    break
+        finally:
+            backend.close()
 
     def deliver(self, row: Claimed) -> SendReport:
         """Send one claimed message and record its outcome before returning (no second thread)."""
@@ -800,9 +809,11 @@ class _Batch:
     def send(self) -> bool:
         """Each message in turn, its outcome recorded beside; False when sending must stop for now."""
         recorder = _Recorder(self.dispatcher, self.report)
+        keep_open = False  # for the lane's next batch, only if this one ended well
         try:
             going = self._offer(recorder)
             recorder.close()
+            keep_open = going
             return going
         except DB_ERRORS:
             # The database went away mid-batch: what is not sent is handed back when it returns.
@@ -813,7 +824,8 @@ class _Batch:
             raise
         finally:
             recorder.close(quietly=True)
-            self.backend.close()
+            if not keep_open:
+                self.backend.close()
 
     def _offer(self, recorder: _Recorder) -> bool:
         d = self.dispatcher

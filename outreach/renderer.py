@@ -8,9 +8,13 @@ notice). A missing variable is an error that names it, never "Dear ,".
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import hashlib
 import logging
+import os
 import re
+import stat
 import textwrap
 import threading
 from collections.abc import MutableMapping
@@ -199,28 +203,69 @@ TEXT_HELPERS = {
 
 
 class _CompiledTemplates(jinja2.BytecodeCache):
-    """Compiled templates kept for the life of the process, keyed by name and checked by source.
+    """Compiled templates kept for the life of the process and between runs, checked by source.
 
     Loading the templates compiles every one of them (validation): the
-    service does it at start and at each reload, ``check`` and ``preview``
-    once each. A template whose text did not change is not compiled again;
-    Jinja compares the source's checksum, so an edited one always is.
+    service does it at start and at each reload, ``check``, ``preview`` and
+    ``run --once`` once each. A template whose text did not change is not
+    compiled again, in this process or the next (a third of a second of
+    every command's start-up); Jinja compares the source's checksum, so an
+    edited one always is. The files between runs are in a private folder
+    (``_private_folder``), or nowhere if none can be had.
     """
 
     def __init__(self) -> None:
         self._code: dict[str, bytes] = {}
         self._lock = threading.Lock()
+        self._disk: jinja2.FileSystemBytecodeCache | None = None
+        self._looked = False  # for the folder, once
 
     def load_bytecode(self, bucket: jinja2.bccache.Bucket) -> None:
         with self._lock:
             code = self._code.get(bucket.key)
         if code is not None:
             bucket.bytecode_from_string(code)
+            return
+        disk = self._on_disk()
+        if disk is not None:
+            with contextlib.suppress(OSError):
+                disk.load_bytecode(bucket)  # Jinja resets a bucket whose checksum or version differs
 
     def dump_bytecode(self, bucket: jinja2.bccache.Bucket) -> None:
         code = bucket.bytecode_to_string()
         with self._lock:
             self._code[bucket.key] = code
+        disk = self._on_disk()
+        if disk is not None:
+            with contextlib.suppress(OSError):
+                disk.dump_bytecode(bucket)
+
+    def _on_disk(self) -> jinja2.FileSystemBytecodeCache | None:
+        with self._lock:
+            if not self._looked:
+                self._looked = True
+                folder = _private_folder()
+                self._disk = jinja2.FileSystemBytecodeCache(str(folder), "%s.jinja") if folder else None
+            return self._disk
+
+
+def _private_folder() -> Path | None:
+    """``$XDG_CACHE_HOME/outreach/templates-<id>``, ours alone (0700), or None.
+
+    Compiled code is loaded from there and run, so a folder anyone else can
+    write to is never used. The id changes with Jinja's version and with this
+    module, which configures the environment the code was compiled for.
+    """
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    ours = hashlib.sha256(Path(__file__).read_bytes() + jinja2.__version__.encode()).hexdigest()[:16]
+    folder = base / "outreach" / f"templates-{ours}"
+    try:
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        found = folder.lstat()
+    except OSError:
+        return None
+    private = stat.S_ISDIR(found.st_mode) and found.st_uid == os.getuid() and not found.st_mode & 0o077
+    return folder if private else None
 
 
 _COMPILED = _CompiledTemplates()  # every environment below is configured the same way

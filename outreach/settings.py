@@ -160,7 +160,7 @@ class Settings:
     retry_base_seconds: int = 60
     retry_max_seconds: int = 6 * 3600
     lease_seconds: int = 300
-    batch_size: int = 50
+    batch_size: int = 200  # a claim: four times fewer claims than 50 made sending 15-20 % faster
     tick_seconds: int = 60
     log_level: str = "INFO"
     send_window: str = "Mon-Fri 08:00-17:00"

@@ -258,7 +258,7 @@ def _check_ascii(msg: Email, sender: str, recipients: tuple[str, ...]) -> None:
 
 def _content(data: bytes) -> bytes:
     """The email as sent after DATA: leading dots doubled, then the final dot (as ``smtplib.data``)."""
-    quoted = LEADING_DOT.sub(b"..", data)
+    quoted = LEADING_DOT.sub(b"..", data) if data.startswith(b".") or b"\n." in data else data
     return quoted + (b"" if quoted.endswith(b"\r\n") else b"\r\n") + b".\r\n"
 
 
