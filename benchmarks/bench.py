@@ -574,14 +574,17 @@ MESSAGE_ID = re.compile(rb"^Message-ID:[ \t]*(\S+)", re.IGNORECASE | re.MULTILIN
 class CountingHandler:
     """Accepts every message and only counts messages and bytes (and, if asked, each Message-ID)."""
 
-    def __init__(self, by_message_id: bool = False) -> None:
+    def __init__(self, by_message_id: bool = False, pipelining: bool = True) -> None:
         self.messages = 0
         self.bytes = 0
         self.ids: Counter[str] | None = Counter() if by_message_id else None
+        self.pipelining = pipelining
 
     async def handle_EHLO(self, server, session, envelope, hostname, responses) -> list[str]:
-        """Offers PIPELINING (RFC 2920), as Postfix, Exim and the big providers do."""
+        """Offers PIPELINING (RFC 2920), as Postfix, Exim and the big providers do, unless told not to."""
         session.host_name = hostname
+        if not self.pipelining:
+            return responses
         return [*responses[:-1], "250-PIPELINING", responses[-1]]
 
     async def handle_DATA(self, server, session, envelope) -> str:
@@ -594,14 +597,14 @@ class CountingHandler:
         return "250 2.0.0 OK: counted"
 
 
-def serve_counting(port: int, pipe: Connection, by_message_id: bool = False) -> None:
+def serve_counting(port: int, pipe: Connection, by_message_id: bool = False, pipelining: bool = True) -> None:
     """Process entry point: run the server until told to stop; answer "count" and "ids" requests.
 
     "ids" answers with the Message-IDs counted since the last "ids" (and forgets them).
     """
     from aiosmtpd.controller import Controller
 
-    handler = CountingHandler(by_message_id)
+    handler = CountingHandler(by_message_id, pipelining)
     controller = Controller(handler, hostname="127.0.0.1", port=port)
     controller.start()
     pipe.send("ready")
@@ -621,14 +624,14 @@ def serve_counting(port: int, pipe: Connection, by_message_id: bool = False) -> 
 class CountingServer:
     """The parent's handle on the server process."""
 
-    def __init__(self, by_message_id: bool = False) -> None:
+    def __init__(self, by_message_id: bool = False, pipelining: bool = True) -> None:
         if importlib.util.find_spec("aiosmtpd") is None:
             raise BenchError("the bench needs aiosmtpd: pip install -e '.[bench]'")
         context = multiprocessing.get_context("spawn")  # a clean process, none of our memory
         self.port = free_port()
         self.pipe, child_end = context.Pipe()
         self.process = context.Process(
-            target=serve_counting, args=(self.port, child_end, by_message_id), daemon=True
+            target=serve_counting, args=(self.port, child_end, by_message_id, pipelining), daemon=True
         )
         self.process.start()
         child_end.close()

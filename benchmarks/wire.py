@@ -7,7 +7,10 @@ practice exactly as before; these only add to it):
    that many acknowledgements are due; ``outreach run --once`` as a
    subprocess (start-up, plan, render, inline, store, send, record) sends
    them to the counting server, on one connection; then a second, equal set
-   of referrals with ``OUTREACH_SMTP_CONNECTIONS=4``;
+   of referrals with ``OUTREACH_SMTP_CONNECTIONS=4``; last, a third set on
+   one connection to a server that does not offer PIPELINING. The counting
+   server offers it, as Postfix, Exim and the big providers do; outreach
+   uses it, bare smtplib does not, so the last figure shows what it is worth;
 2. the ceilings, in the same run and to the same server: bare smtplib sends
    the first set's emails, prebuilt, on 1, 2 and 4 connections (a thread and
    an ``smtplib.SMTP`` each);
@@ -257,7 +260,21 @@ def wire_runs(
     received = expect_received(server, received, count, f"outreach run --once on {WIRE_CONNECTIONS}")
     log_step("reference: django-post_office")
     r.update(measure_post_office(engine, settings, folder, first, server, received))
+    log_step(f"outreach run --once: {count} acknowledgements, 1 connection, a server without PIPELINING")
+    r["wire_plain_s"] = run_without_pipelining(engine, settings.with_(smtp_connections=1), folder, count)
     return r
+
+
+def run_without_pipelining(engine: Engine, settings: Settings, folder: Path, count: int) -> float:
+    """``run --once`` against a server that does not offer PIPELINING (smtplib never uses it either)."""
+    plain = CountingServer(pipelining=False)
+    try:
+        ids = add_referrals(engine, count)
+        seconds = run_once(engine, settings.with_(smtp_port=plain.port), folder, ids)
+        expect_received(plain, 0, count, "outreach run --once without PIPELINING")
+    finally:
+        plain.stop()
+    return seconds
 
 
 def wire_rates(r: dict) -> dict:
@@ -267,6 +284,9 @@ def wire_rates(r: dict) -> dict:
         rates[f"wire_{n}_rate"] = count / r[f"wire_{n}_s"]
         rates[f"wire_{n}_pct"] = 100 * rates[f"wire_{n}_rate"] / rates[f"ceiling_{n}_rate"]
     rates["ceiling_gain"] = rates[f"ceiling_{WIRE_CONNECTIONS}_rate"] / rates["ceiling_1_rate"]
+    if "wire_plain_s" in r:
+        rates["wire_plain_rate"] = count / r["wire_plain_s"]
+        rates["wire_plain_pct"] = 100 * rates["wire_plain_rate"] / rates["ceiling_1_rate"]
     if "post_office_s" in r:
         rates["post_office_rate"] = count / r["post_office_s"]
     return rates
@@ -592,6 +612,10 @@ def wire_figures(r: dict) -> dict[str, Figure]:
         f[f"wire{many}_vs_ceiling_pct"] = Figure(f"run --once / bare smtplib, {many} connections",
                                                  r[f"wire_{many}_pct"], "%", ">= 60 %",
                                                  r[f"wire_{many}_pct"] >= 60)  # fmt: skip
+        if "wire_plain_pct" in r:
+            f["wire_plain_vs_ceiling_pct"] = Figure(
+                "run --once / bare smtplib, 1 connection, server without PIPELINING", r["wire_plain_pct"], "%"
+            )
         for c in CEILING_CONNECTIONS:
             label = f"bare smtplib, {c} connection{'s' if c > 1 else ''}, same {n:,}"
             f[f"ceiling{c}_msgs_per_s"] = Figure(label, r[f"ceiling_{c}_rate"], "msg/s")

@@ -55,6 +55,7 @@ INFORMATIVE = (
     "ceiling2_msgs_per_s",
     "ceiling4_msgs_per_s",
     "ceiling_gain",
+    "wire_plain_vs_ceiling_pct",
 )
 # Only on PostgreSQL (three services need a database several processes share well).
 SERVICES_TARGETED = ("services_gain",)
