@@ -299,6 +299,8 @@ messages = Table(
     # The planner combines each chunk's physicians' ready mail (``digest.batch``): their
     # pending normal mail alone, however many urgent ones wait beside it.
     Index("ix_messages_ready", "status", "priority", "physician_id"),
+    # The weekly cap: what each physician was sent in the last 7 days (``digest.recent_sends``).
+    Index("ix_messages_cap", "physician_id", "priority", "status", "sent_at"),
 )
 
 # What a message says, apart from the log entry itself: the log is scanned

@@ -78,3 +78,14 @@ def test_each_physician_keeps_their_own_cap_when_looked_up_together(engine, sett
     assert report.held == 1
     assert message(engine, held).not_before is not None
     assert message(engine, going).not_before is None
+
+
+def test_sqlite_is_told_which_index_finds_the_recent_sends(tmp_path):
+    """Without statistics SQLite took the status or the digest index: a read of the whole log."""
+    engine = store.connect(f"sqlite:///{tmp_path / 'cap.db'}")
+    store.migrate(engine)
+    with store.read(engine) as conn:
+        for query in digest._cap_queries("sqlite"):
+            sql = str(query.compile(dialect=engine.dialect)).replace("(__[POSTCOMPILE_ids])", "(1, 2, 3)")
+            plan = " ".join(row[3] for row in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}", (0, NOW)))
+            assert "USING INDEX ix_messages_cap (physician_id=? AND priority=? AND status=" in plan, plan
