@@ -248,3 +248,33 @@ def test_only_a_mailbox_refusal_at_rcpt_means_the_address_is_unknown():
     assert not isinstance(classify(550, b"5.7.1 Relaying denied", "RCPT TO <a@b.example>"), RecipientUnknown)
     assert not isinstance(classify(550, b"5.1.1 odd", "DATA"), RecipientUnknown)
     assert isinstance(classify(451, b"4.1.1 later", "RCPT TO <a@b.example>"), TransientError)
+
+
+def test_the_connection_is_kept_from_one_claim_to_the_next_and_closed_before_a_wait(
+    engine, settings, smtp_server
+):
+    """Claims of 2, seven urgent emails: one connection; while the plan beside goes on, none is left open."""
+    import threading
+    import time
+
+    from outreach.dispatcher import Planning
+
+    cfg = smtp_settings(settings, smtp_server, batch_size=2)
+    ids = [queue_message(engine, priority=10) for _ in range(7)]  # urgent: no plan needs to release them
+    planning = Planning(NOW)
+    dispatcher = Dispatcher(engine, cfg, get_backend(cfg), lambda: NOW)
+    sent: list = []
+    sender = threading.Thread(target=lambda: sent.append(dispatcher.send_due(planning=planning)))
+    sender.start()
+    deadline = time.monotonic() + 20
+    while len(smtp_server.received) < len(ids) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.3)  # the sender finds nothing more and waits for the plan
+    try:
+        assert sender.is_alive()
+        assert smtp_server.handler.open == 0  # closed before waiting
+    finally:
+        planning.finish()
+        sender.join(20)
+    assert sorted(sent[0].sent) == ids
+    assert len(smtp_server.handler.peers) == 1  # every claim on the one connection
