@@ -56,7 +56,7 @@ def test_a_refused_recipient_fails_that_message_and_the_next_goes_on_the_same_co
     assert len(smtp_server.handler.peers) == 1
 
 
-def test_a_refused_sender_is_transient_for_that_message_only(engine, settings, smtp_server):
+def test_a_refused_sender_defers_the_message_and_hands_nothing_over(engine, settings, smtp_server):
     first = queue_message(engine)
     smtp_server.handler.refuse_mail = "451 4.3.0 try again later"
     report = deliver(engine, smtp_settings(settings, smtp_server))

@@ -180,8 +180,6 @@ class SMTPBackend(Backend):
         accepted = [(250,), *((250, 251) for _ in recipients), (354,)]
         for stage, ok, (code, reply) in zip(stages, accepted, replies, strict=False):
             if code not in ok:
-                if self._awaiting_content:  # the server waits for content that must not come
-                    self._drop()
                 raise self._refused(code, reply, stage)
 
     def _data(self, msg: Email) -> str:
@@ -200,13 +198,7 @@ class SMTPBackend(Backend):
         return f"{code} {reply.decode('utf-8', 'replace')}"
 
     def _abandon(self) -> None:
-        if self._awaiting_content:  # only closing the connection ends a DATA without sending
-            self._drop()
-        elif self._conn is not None:
-            try:
-                self._conn.rset()
-            except (OSError, smtplib.SMTPException):
-                self._drop()
+        self._reset()
 
     @contextlib.contextmanager
     def _talking(self) -> Iterator[None]:
@@ -226,12 +218,24 @@ class SMTPBackend(Backend):
         error = classify(code, reply, stage)
         if code == 421:  # the server is closing the connection
             self._drop()
+        else:
+            self._reset()
+        return error
+
+    def _reset(self) -> None:
+        """The transaction begun is given up, so the next email starts clean on this connection.
+
+        RSET, or, when the server is waiting for content (a pipelined DATA said
+        354), closing: nothing else ends a DATA without sending. A connection
+        that cannot even reset is dropped, made again next time.
+        """
+        if self._awaiting_content:
+            self._drop()
         elif self._conn is not None:
             try:
                 self._conn.rset()
             except (OSError, smtplib.SMTPException):
                 self._drop()
-        return error
 
     def _drop(self) -> None:
         conn, self._conn = self._conn, None
