@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -32,6 +32,7 @@ from outreach.errors import OutreachError
 from outreach.models import utcnow
 from outreach.outbox import log_line
 from outreach.planner import PlanReport, plan
+from outreach.planprocess import PlanProcess, can_fork
 from outreach.renderer import Renderer, load_renderer
 from outreach.rules import Rule, load_rules
 from outreach.settings import Settings
@@ -112,8 +113,7 @@ class Service:
         )
 
     def plan(self, now: datetime, planning: Planning | None = None) -> PlanReport:
-        released = planning.released if planning is not None else None
-        return plan(self.engine, self.settings, self.rules, self.renderer, now, released)
+        return self._plan_now(now, planning.released if planning is not None else None)
 
     def send(
         self,
@@ -133,11 +133,16 @@ class Service:
         """Plan and send at once: the sender takes each physician's mail as soon as its chunk is planned.
 
         So a big plan (after an import, a quarter's summaries) takes about as
-        long as the longer of planning and sending, not their sum. The send
-        pass ends once the plan is over and nothing more is due; an error of
-        either is raised after both have stopped (the plan's first).
+        long as the longer of planning and sending, not their sum. The plan
+        runs in a child process where that is safe (``planprocess``), so the
+        two do not take turns for one interpreter; else on this thread. The
+        send pass ends once the plan is over and nothing more is due; an
+        error of either is raised after both have stopped (the plan's first).
         """
         planning = Planning(clock())
+        child = None
+        if can_fork(self.engine):  # before the sender's thread starts: forking is safe with one thread only
+            child = PlanProcess(self.engine, lambda released: self._plan_now(planning.now, released))
         outcome: dict[str, Any] = {}
 
         def send_beside() -> None:
@@ -149,13 +154,16 @@ class Service:
         sender = threading.Thread(target=send_beside, name="outreach-send-beside-plan", daemon=True)
         sender.start()
         try:
-            planned = self.plan(planning.now, planning)
+            planned = child.follow(planning.released) if child else self.plan(planning.now, planning)
         finally:
             planning.finish()
             sender.join()
         if "error" in outcome:
             raise outcome["error"]
         return planned, outcome["sent"]
+
+    def _plan_now(self, now: datetime, released: Callable[[Sequence[int]], None] | None) -> PlanReport:
+        return plan(self.engine, self.settings, self.rules, self.renderer, now, released)
 
     def reload(self) -> bool:
         """Load rules and templates again; keep the current ones if the new are invalid."""

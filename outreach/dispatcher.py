@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import logging
 import os
 import secrets
@@ -26,7 +27,6 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -283,18 +283,24 @@ class Fence:
 
 
 class Planning:
-    """A plan running beside a send pass (``Service.cycle``): which physicians it has finished with."""
+    """A plan running beside a send pass (``Service.cycle``): which physicians it has finished with.
+
+    A fence names at most ``store.IN_LIMIT`` physicians: those released
+    first and not yet drained. A claim that came back short under a fence
+    took all its physicians had (``drained``), so the next fence names the
+    next ones; a plan of thousands of physicians never waits for its end.
+    """
 
     def __init__(self, now: datetime) -> None:
         self.now = now
-        self._physicians: set[int] = set()
+        self._undrained: dict[int, None] = {}  # released, in the order released
         self._done = False
         self._news = threading.Condition()
 
     def released(self, physician_ids: Sequence[int]) -> None:
         """The planner has finished with these physicians: their new mail may go."""
         with self._news:
-            self._physicians.update(physician_ids)
+            self._undrained.update(dict.fromkeys(physician_ids))
             self._news.notify_all()
 
     def finish(self) -> None:
@@ -305,20 +311,29 @@ class Planning:
 
     def fence(self) -> Fence | None:
         with self._news:
-            return None if self._done else Fence(self.now, frozenset(self._physicians))
+            if self._done:
+                return None
+            return Fence(self.now, frozenset(itertools.islice(self._undrained, store.IN_LIMIT)))
+
+    def drained(self, fence: Fence) -> bool:
+        """A claim under ``fence`` came back short: its physicians have nothing left; whether others have."""
+        with self._news:
+            for physician_id in fence.physicians:
+                self._undrained.pop(physician_id, None)
+            return bool(self._undrained)
 
     def wait(self, seconds: float) -> bool:
         """Until the planner releases more (or ``seconds``); False once the plan is over."""
         with self._news:
-            if not self._done:
+            if not self._done and not self._undrained:
                 self._news.wait(seconds)
             return not self._done
 
 
 def _within(fence: Fence) -> ColumnElement[bool]:
     urgent = messages.c.priority > PRIORITY_NORMAL
-    if not fence.physicians or len(fence.physicians) > store.IN_LIMIT:
-        return urgent  # (a plan of thousands of physicians: their mail waits for its end)
+    if not fence.physicians:
+        return urgent
     planned = and_(
         messages.c.created_at >= fence.since, messages.c.physician_id.in_(sorted(fence.physicians))
     )
@@ -478,11 +493,14 @@ class Dispatcher:
                 fence = planning.fence() if planning is not None else None
                 rows = claim(self.engine, self.settings, size, self.clock(), self.worker, fence)
                 quota.give_back(size - len(rows))
-                if not rows:
-                    if fence is not None and planning is not None:
-                        backend.close()
-                        planning.wait(PLAN_POLL_SECONDS)  # the plan goes on: more will be released
+                if fence is not None and planning is not None and len(rows) < size:
+                    others = planning.drained(fence)  # (a short claim took all these physicians had)
+                    if not rows:
+                        if not others:  # the plan goes on: more will be released
+                            backend.close()
+                            planning.wait(PLAN_POLL_SECONDS)
                         continue
+                if not rows:
                     break
                 batch = _Batch(self, backend, rows, report, stop, seat)
                 if batch.screen() and not batch.send():
@@ -709,61 +727,49 @@ class Dispatcher:
 
 
 class _Recorder:
-    """Writes outcomes on a second thread while the sending thread talks to the server.
+    """Holds one outcome until the next email's envelope is out, and writes it then.
 
-    A one-worker executor with one connection for the batch (outcomes come
-    fast). At most one outcome is in flight: ``submit`` and ``settle`` (which
-    the backend runs just before DATA) wait for the one before, so no more
-    than one accepted message is ever unrecorded, as when outcomes were
-    written in line. The sending thread counts each outcome in the report once
-    it is on record; a database error while writing it comes out of
-    ``settle``, the outcome kept in the backlog.
+    The backend runs ``settle`` (its hook) once the next envelope is written
+    and before its replies are read, so the write overlaps the server's
+    reading of the envelope, on the sending thread: no second thread to take
+    turns with for the interpreter, and still no more than one accepted
+    message unrecorded, never past the next email's content. Each outcome
+    is counted in the report once it is on record; a database error while
+    writing it comes out of ``settle``, the outcome kept in the backlog.
     """
 
     def __init__(self, dispatcher: Dispatcher, report: SendReport) -> None:
         self._dispatcher, self._report = dispatcher, report
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outreach-recorder")
-        self._conn: Connection | None = None  # used on the recording thread only
-        self._in_flight: tuple[Future[bool], _Outcome] | None = None
-        self._closed = False
+        self._conn: Connection | None = None  # one for the batch: outcomes come fast
+        self._pending: _Outcome | None = None
 
     def submit(self, outcome: _Outcome) -> None:
-        """Record ``outcome`` on the second thread; returns at once."""
+        """Hold ``outcome`` until the next ``settle``; the one held before is written first."""
         self.settle()
-        self._in_flight = (self._executor.submit(self._write, outcome), outcome)
+        self._pending = outcome
 
     def settle(self) -> None:
-        """Until the outcome in flight is on record; counts it; raises what recording it raised."""
-        if self._in_flight is None:
+        """Write the outcome held, count it; raises what writing it raised."""
+        outcome, self._pending = self._pending, None
+        if outcome is None:
             return
-        future, outcome = self._in_flight
-        self._in_flight = None
-        if future.result():  # else the lease was lost: the new holder reports it
+        try:
+            recorded = self._dispatcher._record(outcome, self._connection)
+        except BaseException:
+            self._disconnect()  # a connection in doubt: the next outcome gets a new one
+            raise
+        if recorded:  # else the lease was lost: the new holder reports it
             _count(self._report, outcome)
 
     def close(self, quietly: bool = False) -> None:
-        """Settle the last outcome, close the connection, stop the thread.
-
-        Raises what ``settle`` raises, unless ``quietly``.
-        """
-        if self._closed:
-            return
+        """Write the last outcome, close the connection; raises what ``settle`` raises, unless ``quietly``."""
         try:
             self.settle()
         except BaseException:
             if not quietly:
                 raise
         finally:
-            self._closed = True
-            self._executor.submit(self._disconnect)
-            self._executor.shutdown()
-
-    def _write(self, outcome: _Outcome) -> bool:
-        try:
-            return self._dispatcher._record(outcome, self._connection)
-        except BaseException:
-            self._disconnect()  # a connection in doubt: the next outcome gets a new one
-            raise
+            self._disconnect()
 
     def _connection(self) -> Connection:
         if self._conn is None:

@@ -151,13 +151,34 @@ def test_planning_tells_the_sender_what_it_may_take():
     fence = planning.fence()
     assert fence is not None and fence.physicians == frozenset()
     planning.released([3, 1])
-    assert planning.fence().physicians == {1, 3}
+    fence = planning.fence()
+    assert fence.physicians == {1, 3}
+    assert planning.wait(10) is True  # mail released and not yet taken: no waiting
+    assert planning.drained(fence) is False  # a short claim took all they had, and nobody else is waiting
+    assert planning.fence().physicians == frozenset()
     woke = []
     threading.Timer(0.05, lambda: planning.released([7])).start()
     woke.append(planning.wait(10))
-    assert woke == [True] and 7 in planning.fence().physicians
+    assert woke == [True] and planning.fence().physicians == {7}
     planning.finish()
     assert planning.fence() is None and planning.wait(10) is False
+
+
+def test_a_fence_names_a_few_hundred_physicians_and_moves_on_as_they_are_drained():
+    """A plan of thousands of physicians: the sender takes their mail as it comes, never waiting for the end."""
+    from datetime import UTC, datetime
+
+    from outreach.store import IN_LIMIT
+
+    planning = Planning(datetime(2026, 11, 3, 15, tzinfo=UTC))
+    planning.released(range(1, 2 * IN_LIMIT + 11))
+    first = planning.fence()
+    assert first.physicians == set(range(1, IN_LIMIT + 1))  # those released first
+    assert planning.drained(first) is True  # others are still waiting
+    second = planning.fence()
+    assert second.physicians == set(range(IN_LIMIT + 1, 2 * IN_LIMIT + 1))
+    planning.drained(second)
+    assert planning.drained(planning.fence()) is False
 
 
 def test_a_plan_error_is_raised_after_the_sender_has_stopped(engine, settings, smtp_server, monkeypatch):

@@ -3,7 +3,9 @@
 ``send`` runs the same steps for every backend, as django-anymail's base
 backend does: the envelope (``_envelope``), then the caller's hook, then
 the email itself (``_data``). A backend fills in the steps and never sees
-the hook, so none can forget to call it.
+the hook, so none can forget to call it. A network backend may leave the
+envelope's replies for ``_data`` to read: the hook then runs while the
+server reads the envelope.
 
 ``send`` returns the server's acceptance text for the log, or raises one of
 ``TransientError``, ``PermanentError`` or ``BatchAbort`` (see ``errors``).
@@ -53,9 +55,9 @@ class Backend:
         """Hand ``msg.data`` (the whole email, CRLF) to ``recipients``; ``sender`` is the envelope sender.
 
         One recipient (the physician), or the staging addresses a message is
-        redirected to. ``before_data`` is called at the last moment before the
-        email is handed over (before SMTP DATA): the dispatcher waits there
-        until the previous outcome is on record. If it raises, nothing is handed over.
+        redirected to. ``before_data`` is called before any of the email is
+        handed over: the dispatcher records the previous outcome there. If it
+        raises, nothing is handed over.
         """
         to = (recipients,) if isinstance(recipients, str) else tuple(recipients)
         self._envelope(msg, sender, to)

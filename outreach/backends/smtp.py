@@ -64,6 +64,7 @@ class SMTPBackend(Backend):
         self.settings = settings
         self._conn: smtplib.SMTP | None = None
         self._awaiting_content = False  # after a pipelined DATA's 354, until the content is sent
+        self._replies_due: tuple[str, ...] | None = None  # the envelope went, its replies are not read yet
 
     @property
     def where(self) -> str:
@@ -131,7 +132,7 @@ class SMTPBackend(Backend):
         self._conn = None  # the original's connection stays the original's
 
     def close(self) -> None:
-        if self._awaiting_content:  # QUIT now would be read as the email's content
+        if self._awaiting_content or self._replies_due is not None:  # QUIT now could be read as content
             self._drop()
             return
         conn, self._conn = self._conn, None
@@ -142,6 +143,11 @@ class SMTPBackend(Backend):
                 _quietly_close(conn)
 
     def _envelope(self, msg: Email, sender: str, recipients: tuple[str, ...]) -> None:
+        """The envelope's first write; its replies are read in ``_data``, after the caller's hook.
+
+        So the hook (the previous outcome's recording) runs while the server
+        reads the envelope, not after it has answered.
+        """
         _check_ascii(msg, sender, recipients)
         if self._conn is None:  # the previous message lost the connection
             self._conn = self._connect()
@@ -150,29 +156,41 @@ class SMTPBackend(Backend):
             # The addresses are checked already (``_check_ascii``): no need for smtplib
             # to parse them again for every message.
             if conn.has_extn("pipelining"):
-                self._pipelined_envelope(conn, sender, recipients)
-                return
-            code, reply = conn.docmd("mail", f"FROM:<{sender}>")
-            if code != 250:
-                raise self._refused(code, reply, "MAIL FROM")
-            for recipient in recipients:
-                code, reply = conn.docmd("rcpt", f"TO:<{recipient}>")
-                if code not in (250, 251):
-                    raise self._refused(code, reply, f"RCPT TO <{recipient}>")
+                commands = [f"MAIL FROM:<{sender}>", *(f"RCPT TO:<{to}>" for to in recipients), "DATA"]
+                conn.send("".join(f"{command}\r\n" for command in commands))
+            else:
+                conn.putcmd("mail", f"FROM:<{sender}>")
+        self._replies_due = recipients
 
-    def _pipelined_envelope(self, conn: smtplib.SMTP, sender: str, recipients: tuple[str, ...]) -> None:
-        """MAIL, each RCPT and DATA in one write, then their replies in turn (RFC 2920).
+    def _data(self, msg: Email) -> str:
+        conn = self._conn
+        if conn is None:  # only a hook that closed the backend gets here
+            raise TransientError(f"connection to {self.where} closed before the email was handed over")
+        recipients, self._replies_due = self._replies_due, None
+        with self._talking():
+            if recipients is not None and conn.has_extn("pipelining"):
+                self._pipelined_replies(conn, recipients)
+                self._awaiting_content = False
+                conn.send(_content(msg.data))
+                code, reply = conn.getreply()
+            else:
+                if recipients is not None:
+                    self._one_by_one(conn, recipients)
+                code, reply = conn.data(msg.data)
+            if code != 250:
+                raise self._refused(code, reply, "DATA")
+        return f"{code} {reply.decode('utf-8', 'replace')}"
+
+    def _pipelined_replies(self, conn: smtplib.SMTP, recipients: tuple[str, ...]) -> None:
+        """The replies to MAIL, each RCPT and DATA, sent in one write (RFC 2920), read in turn.
 
         One round trip instead of two or more, where the server offers
         PIPELINING (Postfix, Exim and the big providers do). Nothing is handed
-        over yet: the server's 354 only invites the content, which ``_data``
-        sends once the caller's hook has run.
+        over yet: the server's 354 only invites the content.
         """
         stages = ["MAIL FROM", *(f"RCPT TO <{recipient}>" for recipient in recipients), "DATA"]
-        commands = [f"MAIL FROM:<{sender}>", *(f"RCPT TO:<{recipient}>" for recipient in recipients), "DATA"]
-        conn.send("".join(f"{command}\r\n" for command in commands))
         replies: list[tuple[int, bytes]] = []
-        for _ in commands:
+        for _ in stages:
             replies.append(conn.getreply())
             if replies[-1][0] == 421:  # the server is closing: no more replies will come
                 break
@@ -182,23 +200,21 @@ class SMTPBackend(Backend):
             if code not in ok:
                 raise self._refused(code, reply, stage)
 
-    def _data(self, msg: Email) -> str:
-        conn = self._conn
-        if conn is None:  # only a hook that closed the backend gets here
-            raise TransientError(f"connection to {self.where} closed before the email was handed over")
-        with self._talking():
-            if self._awaiting_content:  # DATA went with the envelope and the server said 354
-                self._awaiting_content = False
-                conn.send(_content(msg.data))
-                code, reply = conn.getreply()
-            else:
-                code, reply = conn.data(msg.data)
-            if code != 250:
-                raise self._refused(code, reply, "DATA")
-        return f"{code} {reply.decode('utf-8', 'replace')}"
+    def _one_by_one(self, conn: smtplib.SMTP, recipients: tuple[str, ...]) -> None:
+        """MAIL's reply (the command went in ``_envelope``), then each RCPT and its reply."""
+        code, reply = conn.getreply()
+        if code != 250:
+            raise self._refused(code, reply, "MAIL FROM")
+        for recipient in recipients:
+            code, reply = conn.docmd("rcpt", f"TO:<{recipient}>")
+            if code not in (250, 251):
+                raise self._refused(code, reply, f"RCPT TO <{recipient}>")
 
     def _abandon(self) -> None:
-        self._reset()
+        if self._replies_due is not None:  # the server's replies are on their way: only closing ends that
+            self._drop()
+        else:
+            self._reset()
 
     @contextlib.contextmanager
     def _talking(self) -> Iterator[None]:
@@ -240,6 +256,7 @@ class SMTPBackend(Backend):
     def _drop(self) -> None:
         conn, self._conn = self._conn, None
         self._awaiting_content = False
+        self._replies_due = None
         _quietly_close(conn)
 
 

@@ -1,0 +1,123 @@
+"""The plan in a process of its own, beside the sender (``Service.cycle``).
+
+Planning and rendering are Python through and through: on a thread of the
+sender's process they take turns with the sender for one interpreter lock,
+so a big plan slows every message on the wire. A forked child has the same
+rules, templates and settings (memory copied, nothing read again), opens its
+own database connections, and tells the parent through a pipe which
+physicians it has finished with, as the thread did through ``Planning``.
+
+Forking is safe only in a process with one thread: a lock another thread
+held at that moment would stay held in the child for ever. So the service
+forks only then (``can_fork``); elsewhere (tests with servers on threads,
+an in-memory database no other process can see) the plan runs on a thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import os
+import pickle
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from multiprocessing.connection import Connection
+from typing import Any
+
+from sqlalchemy import Engine
+
+from outreach.errors import OutreachError
+from outreach.outbox import log_line
+from outreach.planner import PlanReport
+
+Released = Callable[[Sequence[int]], None]
+
+
+def can_fork(engine: Engine) -> bool:
+    """Whether the plan may run in a child: POSIX, one thread, a database another process can open."""
+    if not hasattr(os, "fork") or threading.active_count() > 1:
+        return False
+    url = engine.url
+    return not (url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:"))
+
+
+class PlanProcess:
+    """A plan running in a forked child; ``follow`` relays what it releases and returns its report."""
+
+    def __init__(self, engine: Engine, run: Callable[[Released], PlanReport]) -> None:
+        reader, writer = multiprocessing.Pipe(duplex=False)
+        parent = os.getpid()
+        pid = os.fork()
+        if pid == 0:  # the child: never returns
+            reader.close()
+            _child(engine, run, writer, parent)
+        writer.close()
+        self.pid: int | None = pid
+        self._reader = reader
+
+    def follow(self, released: Released) -> PlanReport:
+        """Until the plan is over: each chunk's physicians to ``released``; its report, or its error raised."""
+        try:
+            while True:
+                try:
+                    kind, value = self._reader.recv()
+                except EOFError:
+                    raise OutreachError(f"the plan stopped half way: its process {self._ended()}") from None
+                if kind == "released":
+                    released(value)
+                elif kind == "done":
+                    return value
+                else:
+                    raise value
+        finally:
+            self._reader.close()
+            self._reap()
+
+    def _ended(self) -> str:
+        status = self._reap()
+        if status is None:
+            return "closed its pipe"
+        if os.WIFSIGNALED(status):
+            return f"was killed by signal {os.WTERMSIG(status)}"
+        return f"exited with code {os.waitstatus_to_exitcode(status)}"
+
+    def _reap(self) -> int | None:
+        """Wait for the child (it exits right after its last word); its wait status, once."""
+        if self.pid is None:
+            return None
+        pid, self.pid = self.pid, None
+        return os.waitpid(pid, 0)[1]
+
+
+def _child(engine: Engine, run: Callable[[Released], PlanReport], writer: Connection, parent: int) -> None:
+    """Plan, report, exit; the parent's connections are left alone (``dispose(close=False)``)."""
+    code = 0
+    try:
+        engine.dispose(close=False)
+
+        def released(physician_ids: Sequence[int]) -> None:
+            if os.getppid() != parent:  # the service is gone: stop between two chunks
+                raise SystemExit(1)
+            writer.send(("released", list(physician_ids)))
+
+        writer.send(("done", run(released)))
+    except BaseException as exc:
+        code = 1
+        with contextlib.suppress(BaseException):
+            writer.send(("error", _portable(exc)))
+    finally:
+        with contextlib.suppress(BaseException):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(code)
+
+
+def _portable(exc: BaseException) -> BaseException:
+    """``exc`` if it survives the pipe, else an ``OutreachError`` with its first line."""
+    try:
+        pickle.loads(pickle.dumps(exc))
+        return exc
+    except Exception:
+        text: Any = str(exc).strip().splitlines()
+        return OutreachError(log_line(text[0]) if text else type(exc).__name__)
