@@ -63,6 +63,24 @@ def test_only_transactions_asked_to_skip_the_disk_wait_do(engine):
         assert conn.exec_driver_sql(setting).scalar() == waits
 
 
+def test_a_write_on_the_driver_skips_the_disk_wait_too_and_leaves_the_connection_as_it_found_it(engine):
+    """``driver_write`` (each outcome sent) commits as ``write(durable=False)`` does."""
+    setting, skips, waits = (
+        ("SHOW synchronous_commit", "off", "on")
+        if store.is_postgres(engine)
+        else ("PRAGMA synchronous", 1, 2)
+    )
+    conn = store.connection(engine)
+    try:
+        with store.driver_write(engine, conn) as cursor:
+            cursor.execute(setting)
+            assert cursor.fetchone()[0] == skips
+        with store.write(engine, on=conn) as same:  # SQLAlchemy's next transaction on it waits again
+            assert same.exec_driver_sql(setting).scalar() == waits
+    finally:
+        conn.close()
+
+
 def test_upgrading_a_database_with_data_keeps_the_data(tmp_path):
     """Every migration runs on a database that already holds messages and their trail."""
     engine = store.connect(f"sqlite:///{tmp_path / 'old.db'}")
