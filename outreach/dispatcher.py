@@ -51,7 +51,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from outreach import gate, store
 from outreach.backends.base import Backend, no_wait
-from outreach.compose import build_email, envelope_recipients, envelope_sender, redirected_to
+from outreach.compose import Email, build_email, envelope_recipients, envelope_sender, redirected_to
 from outreach.errors import (
     BatchAbort,
     DatabaseError,
@@ -569,22 +569,31 @@ class Dispatcher:
     # --- one message ---------------------------------------------------------------------------
 
     def _attempt(
-        self, row: Claimed, before_data: Callable[[], None], backend: Backend | None = None
+        self,
+        row: Claimed,
+        before_data: Callable[[], None],
+        backend: Backend | None = None,
+        emails: _Emails | None = None,
+        after: Claimed | None = None,
     ) -> _Outcome:
         """Offer one claimed message to the backend (this connection's); what happened, to be recorded.
 
-        ``before_data`` runs just before the email is handed over.
+        ``before_data`` runs just before the email is handed over. ``emails``
+        builds the email of the message ``after`` this one while the server
+        judges this one.
         """
         backend = backend or self.backend
+        emails = emails or _Emails(self)
         attempts = row.attempts + 1
         try:
-            msg = build_email(row, self.settings, self.clock())
+            msg = emails.take(row)
         except Exception as exc:  # a stored row no email can be made of: it will never go
             return self._failure(row, attempts, f"cannot build the email: {_describe(exc)}", "")
         staging = redirected_to(row)
+        meanwhile = (lambda: emails.build(after)) if after is not None else no_wait
         try:
             response = backend.send(
-                msg, envelope_sender(row, self.settings), envelope_recipients(row), before_data
+                msg, envelope_sender(row, self.settings), envelope_recipients(row), before_data, meanwhile
             )
         except PermanentError as exc:
             # A staging address refused says nothing about the physician's.
@@ -818,6 +827,36 @@ class _Recorder:
                 conn.close()
 
 
+class _Emails:
+    """Each claimed message's email; the next one built ahead while the server judges the one before.
+
+    Building is CPU and the wait for the server's verdict is not, so the next
+    email costs nothing on the wire. One is held at a time; an email the
+    batch no longer sends (the gate refused it, sending stopped) is dropped.
+    """
+
+    def __init__(self, dispatcher: Dispatcher) -> None:
+        self._dispatcher = dispatcher
+        self._ahead: tuple[int, Email | Exception] | None = None
+
+    def build(self, row: Claimed) -> None:
+        """Build ``row``'s email now; what building raises is kept for ``take`` to raise."""
+        d = self._dispatcher
+        try:
+            self._ahead = (row.id, build_email(row, d.settings, d.clock()))
+        except Exception as exc:
+            self._ahead = (row.id, exc)
+
+    def take(self, row: Claimed) -> Email:
+        """``row``'s email: the one built ahead, or built now."""
+        ahead, self._ahead = self._ahead, None
+        if ahead is None or ahead[0] != row.id:
+            return build_email(row, self._dispatcher.settings, self._dispatcher.clock())
+        if isinstance(ahead[1], Exception):
+            raise ahead[1]
+        return ahead[1]
+
+
 class _Batch:
     """One claimed batch on its way out on one connection: its lease, the gate's verdict, its recorder."""
 
@@ -872,6 +911,7 @@ class _Batch:
         d = self.dispatcher
         lease = timedelta(seconds=d.settings.lease_seconds)
         lease_until, held = d.clock() + lease, {row.id for row in self.rows}
+        emails = _Emails(d)
         try:
             self.backend.open()
             for index, row in enumerate(self.rows):
@@ -893,7 +933,8 @@ class _Batch:
                     now = d.clock()
                     d._release(self.rows[index:], now, "", now)
                     return False
-                recorder.submit(d._attempt(row, recorder.settle, self.backend))
+                after = self.rows[index + 1] if index + 1 < len(self.rows) else None
+                recorder.submit(d._attempt(row, recorder.settle, self.backend, emails, after))
         except TooManyConnections as exc:
             recorder.settle()
             if self.seat is not None and self.seat.leave_if_others():

@@ -69,6 +69,7 @@ from outreach.windows import parse_window, physician_zone
 
 log = logging.getLogger(__name__)
 QUEUE_CHUNK = 200  # drafts rendered and stored per transaction
+FIRST_CHUNK = 25  # the first transaction's: what the sender beside the plan starts on
 
 
 @dataclass(frozen=True)
@@ -547,14 +548,20 @@ def _gather(engine: Engine, settings: Settings, rules: list[Rule], now: datetime
 
 
 def _by_physician(drafts: list[Draft], size: int) -> Iterator[list[Draft]]:
-    """Chunks of about ``size`` drafts, each physician's drafts in one chunk (in rule order)."""
+    """Chunks of about ``size`` drafts, each physician's drafts in one chunk (in rule order).
+
+    The first chunks are smaller (``FIRST_CHUNK``, then twice that, up to
+    ``size``): the sender beside the plan starts on the first one, so it
+    should come soon.
+    """
     ordered = sorted(drafts, key=lambda d: d.to.physician_id)  # stable: rule order kept within
     chunk: list[Draft] = []
+    limit = min(FIRST_CHUNK, size)
     for _, group in groupby(ordered, key=lambda d: d.to.physician_id):
         mine = list(group)
-        if chunk and len(chunk) + len(mine) > size:
+        if chunk and len(chunk) + len(mine) > limit:
             yield chunk
-            chunk = []
+            chunk, limit = [], min(2 * limit, size)
         chunk += mine
     if chunk:
         yield chunk

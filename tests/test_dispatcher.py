@@ -142,3 +142,60 @@ def test_the_sending_thread_records_counts_and_logs_each_outcome(engine, setting
     assert sorted(report.sent) == ids
     sent = [r for r in caplog.records if " sent to " in r.getMessage()]
     assert len(sent) == 3 and {r.threadName for r in sent} == {threading.current_thread().name}
+
+
+class Judging(Backend):
+    """Hands an email over, lets the caller work while the server judges it, then gives the verdict."""
+
+    def __init__(self, steps: list):
+        self.steps = steps
+
+    def _data(self, msg):
+        self.steps.append(("out", msg.message_id))
+        self._while_waiting()
+        self.steps.append(("verdict", msg.message_id))
+        return "250 accepted"
+
+
+def test_the_next_email_is_built_while_the_server_judges_the_one_before(engine, settings, monkeypatch):
+    import outreach.dispatcher as dispatcher_module
+
+    ids = [queue_message(engine) for _ in range(3)]
+    message_ids = [message(engine, i).message_id for i in ids]
+    steps: list = []
+    real_build = dispatcher_module.build_email
+
+    def build(row, *args):
+        steps.append(("build", row.message_id))
+        return real_build(row, *args)
+
+    monkeypatch.setattr(dispatcher_module, "build_email", build)
+    report = Dispatcher(engine, settings, Judging(steps), lambda: NOW).send_due()
+    assert sorted(report.sent) == ids
+    first, second, third = message_ids
+    assert steps == [
+        ("build", first), ("out", first), ("build", second), ("verdict", first),
+        ("out", second), ("build", third), ("verdict", second),
+        ("out", third), ("verdict", third),
+    ]  # fmt: skip
+
+
+def test_an_email_built_ahead_that_cannot_be_built_fails_alone(engine, settings, monkeypatch):
+    import outreach.dispatcher as dispatcher_module
+
+    ids = [queue_message(engine) for _ in range(3)]
+    broken = message(engine, ids[1]).message_id
+    real_build = dispatcher_module.build_email
+
+    def build(row, *args):
+        if row.message_id == broken:
+            raise ValueError("a header no email can carry")
+        return real_build(row, *args)
+
+    monkeypatch.setattr(dispatcher_module, "build_email", build)
+    report = Dispatcher(engine, settings, Judging([]), lambda: NOW).send_due()
+    assert sorted(report.sent) == [ids[0], ids[2]] and report.failed == [ids[1]]
+    assert (
+        message(engine, ids[1]).last_error
+        == "cannot build the email: ValueError: a header no email can carry"
+    )

@@ -202,3 +202,19 @@ def test_json_log_is_unchanged_by_overlap(run_cli, settings, smtp_server, tmp_pa
     out = cli("run", "--once", "--now", MORNING).stdout
     assert "planned 2 new email(s)" in out and "sent 2," in out
     assert {e["status"] for e in json.loads(cli("log", "--format", "json").stdout)} == {"sent"}
+
+
+def test_the_first_chunks_are_small_so_the_sender_starts_soon():
+    """25 drafts, then 50, 100, and 200 after that; a physician's drafts are never split."""
+    from outreach.planner import Draft, Recipient, _by_physician
+
+    def drafts_for(physician: int, count: int) -> list[Draft]:
+        to = Recipient(physician, f"dr{physician}@x.example.org", f"Dr {physician}", None, None)
+        return [Draft(rule=None, dedupe_key=f"k:{physician}:{n}", to=to) for n in range(count)]  # type: ignore[arg-type]
+
+    drafts = [draft for physician in range(1, 1001) for draft in drafts_for(physician, 1)]
+    assert [len(chunk) for chunk in _by_physician(drafts, 200)] == [25, 50, 100, 200, 200, 200, 200, 25]
+    doubled = [draft for physician in range(1, 41) for draft in drafts_for(physician, 2)]
+    chunks = list(_by_physician(doubled, 200))
+    assert [len(chunk) for chunk in chunks] == [24, 50, 6]
+    assert all(len({d.to.physician_id for d in chunk}) * 2 == len(chunk) for chunk in chunks)

@@ -116,3 +116,19 @@ def test_one_refused_staging_address_of_two_sends_to_neither(settings, smtp_serv
             "250"
         )
     assert [r.rcpt_tos for r in smtp_server.received] == [["b@clinic.example.org"]]
+
+
+@pytest.mark.parametrize("offered", [True, False])
+def test_meanwhile_runs_once_the_email_is_out_while_the_server_judges_it(settings, smtp_server, offered):
+    """The dispatcher builds the next email there: the wait for the server's verdict costs nothing."""
+    smtp_server.handler.pipelining = offered
+    smtp_server.handler.delay = 0.2  # the server takes its time over the verdict
+    seen: list[int] = []
+    with SMTPBackend(smtp_settings(settings, smtp_server)) as backend:
+        reply = backend.send(
+            email(),
+            "a@rehab.example.org",
+            "b@clinic.example.org",
+            meanwhile=lambda: seen.append(len(smtp_server.received)),
+        )
+    assert reply.startswith("250 ") and seen == [0] and len(smtp_server.received) == 1

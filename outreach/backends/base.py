@@ -51,13 +51,16 @@ class Backend:
         sender: str,
         recipients: str | Sequence[str],
         before_data: Callable[[], None] = no_wait,
+        meanwhile: Callable[[], None] = no_wait,
     ) -> str:
         """Hand ``msg.data`` (the whole email, CRLF) to ``recipients``; ``sender`` is the envelope sender.
 
         One recipient (the physician), or the staging addresses a message is
         redirected to. ``before_data`` is called before any of the email is
         handed over: the dispatcher records the previous outcome there. If it
-        raises, nothing is handed over.
+        raises, nothing is handed over. ``meanwhile`` may be called while the
+        server judges the email (``_while_waiting``), or not at all: the
+        dispatcher builds the next email there. It must not raise.
         """
         to = (recipients,) if isinstance(recipients, str) else tuple(recipients)
         self._envelope(msg, sender, to)
@@ -66,7 +69,19 @@ class Backend:
         except BaseException:
             self._abandon()
             raise
-        return self._data(msg)
+        self._meanwhile = meanwhile
+        try:
+            return self._data(msg)
+        finally:
+            self._meanwhile = None
+
+    _meanwhile: Callable[[], None] | None = None
+
+    def _while_waiting(self) -> None:
+        """A backend that waits for the server's verdict calls this once the email is out."""
+        meanwhile, self._meanwhile = self._meanwhile, None
+        if meanwhile is not None:
+            meanwhile()
 
     def _envelope(self, msg: Email, sender: str, recipients: tuple[str, ...]) -> None:
         """Everything before the email is handed over: checks, and who it is from and to.

@@ -164,19 +164,18 @@ class SMTPBackend(Backend):
 
     def _data(self, msg: Email) -> str:
         conn = self._conn
-        if conn is None:  # only a hook that closed the backend gets here
-            raise TransientError(f"connection to {self.where} closed before the email was handed over")
         recipients, self._replies_due = self._replies_due, None
+        if conn is None or recipients is None:  # only a hook that closed the backend gets here
+            raise TransientError(f"connection to {self.where} closed before the email was handed over")
         with self._talking():
-            if recipients is not None and conn.has_extn("pipelining"):
+            if conn.has_extn("pipelining"):
                 self._pipelined_replies(conn, recipients)
-                self._awaiting_content = False
-                conn.send(_content(msg.data))
-                code, reply = conn.getreply()
             else:
-                if recipients is not None:
-                    self._one_by_one(conn, recipients)
-                code, reply = conn.data(msg.data)
+                self._one_by_one(conn, recipients)
+            self._awaiting_content = False
+            conn.send(_content(msg.data))
+            self._while_waiting()
+            code, reply = conn.getreply()
             if code != 250:
                 raise self._refused(code, reply, "DATA")
         return f"{code} {reply.decode('utf-8', 'replace')}"
@@ -201,7 +200,7 @@ class SMTPBackend(Backend):
                 raise self._refused(code, reply, stage)
 
     def _one_by_one(self, conn: smtplib.SMTP, recipients: tuple[str, ...]) -> None:
-        """MAIL's reply (the command went in ``_envelope``), then each RCPT and its reply."""
+        """MAIL's reply (the command went in ``_envelope``), then each RCPT and DATA, each with its reply."""
         code, reply = conn.getreply()
         if code != 250:
             raise self._refused(code, reply, "MAIL FROM")
@@ -209,6 +208,9 @@ class SMTPBackend(Backend):
             code, reply = conn.docmd("rcpt", f"TO:<{recipient}>")
             if code not in (250, 251):
                 raise self._refused(code, reply, f"RCPT TO <{recipient}>")
+        code, reply = conn.docmd("data")
+        if code != 354:
+            raise self._refused(code, reply, "DATA")
 
     def _abandon(self) -> None:
         if self._replies_due is not None:  # the server's replies are on their way: only closing ends that
@@ -221,8 +223,6 @@ class SMTPBackend(Backend):
         """smtplib's failures as delivery errors; a connection in doubt is dropped, made again next time."""
         try:
             yield
-        except smtplib.SMTPDataError as exc:  # DATA itself refused (no 354)
-            raise self._refused(exc.smtp_code, exc.smtp_error, "DATA") from None
         except (smtplib.SMTPServerDisconnected, OSError) as exc:
             self._drop()
             raise TransientError(f"connection to {self.where} lost: {exc or type(exc).__name__}") from None
