@@ -171,6 +171,36 @@ def test_cached_inlining_is_identical_to_premailer_for_every_template_and_demo_c
     assert all(plan is not None for _, plan in renderer.inline._plans.values()), "every shape replays"
 
 
+def test_premailer_without_validation_gives_the_same_bytes_for_every_template_and_demo_client(
+    demo_engine, settings
+):
+    """Validation only logs; leaving it out (``PREMAILER_OPTIONS``) changes nothing a physician receives."""
+    from premailer import Premailer
+
+    from outreach.context import client_context, load_history
+    from outreach.renderer import PREMAILER_OPTIONS
+
+    assert PREMAILER_OPTIONS["disable_validation"] is True
+    validating = {**PREMAILER_OPTIONS, "disable_validation": False}
+    renderer = Renderer(settings.templates_dir)
+    compared = set()
+    with store.read(demo_engine) as conn:
+        ids = conn.execute(select(clients.c.id)).scalars().all()[:6]
+        for rule in shipped_rules(settings):
+            if rule.scope != "client":
+                continue
+            for client_id in ids:
+                context = {
+                    **client_context(settings, rule, load_history(conn, client_id), NOW),
+                    "section_only": False,
+                }
+                raw = renderer.env.get_template(f"{rule.template}/body.html").render(context)
+                quick = Premailer(raw, **PREMAILER_OPTIONS).transform()
+                assert quick == Premailer(raw, **validating).transform(), (rule.name, client_id)
+                compared.add(rule.template)
+    assert len(compared) >= 8
+
+
 WRAP_TEXT = st.text(alphabet=st.sampled_from(list("ab cd-\t\n\u00a0\u2003x%\x07é")), max_size=200)
 
 
