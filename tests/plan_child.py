@@ -6,7 +6,9 @@ gives, and read one JSON line back. ``MODE`` says what the plan does:
 
 - ``plan``: plans as usual;
 - ``raise``: raises ``RenderError`` half way;
-- ``killed``: its process dies of SIGKILL after the first chunk.
+- ``killed``: its process dies of SIGKILL after the first chunk;
+- ``orphaned``: the service dies after the first chunk; the plan's next
+  release says whether it stopped there (in ``PLAN_PID_FILE``.stopped).
 """
 
 from __future__ import annotations
@@ -38,9 +40,21 @@ def main(mode: str, now: str) -> None:
         if mode == "killed":
             released([1])
             os.kill(os.getpid(), signal.SIGKILL)
+        if mode == "orphaned":
+            released([1])  # the service dies on hearing it
+            _until(lambda: os.getppid() != parent)
+            outcome = os.environ["PLAN_PID_FILE"] + ".stopped"
+            try:
+                released([2])
+            except SystemExit:
+                _write(outcome, "stopped")
+                raise
+            _write(outcome, "went on")
         return real_plan(*args, **kwargs)
 
     daemon.plan = plan
+    if mode == "orphaned":
+        daemon.Planning.released = lambda self, ids: os._exit(0)  # the service, killed mid-plan
     service = Service.load(Settings.from_env())
     result: dict[str, object] = {"parent": parent, "forked": daemon.can_fork(service.engine)}
     try:
@@ -50,6 +64,19 @@ def main(mode: str, now: str) -> None:
         result.update(error=type(exc).__name__, message=str(exc))
     result["children_left"] = _children_left()
     print(json.dumps(result))
+
+
+def _until(condition, seconds: float = 20.0) -> None:
+    import time
+
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def _write(path: str, text: str) -> None:
+    with open(path, "w") as file:
+        file.write(text)
 
 
 def _children_left() -> bool:

@@ -57,6 +57,22 @@ def test_a_child_killed_half_way_is_one_line_and_no_zombie(demo_engine, settings
     assert result["children_left"] is False
 
 
+def test_a_plan_whose_service_died_stops_at_its_next_chunk(demo_engine, settings, tmp_path):
+    """Killed mid-plan, the service leaves no plan running on for ever beside its successor."""
+    env = service_env(settings)
+    env["PLAN_PID_FILE"] = str(tmp_path / "plan.pid")
+    done = subprocess.run(
+        [sys.executable, "-m", "tests.plan_child", "orphaned", NOW.isoformat()],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )  # (returns once the child, which holds its stdout, has exited too)
+    assert done.returncode == 0 and done.stdout == "", done.stderr
+    assert (tmp_path / "plan.pid.stopped").read_text() == "stopped"
+
+
 def test_no_fork_beside_another_thread_or_for_an_in_memory_database(engine):
     stop = threading.Event()
     other = threading.Thread(target=stop.wait, daemon=True)
