@@ -672,12 +672,12 @@ class Dispatcher:
         if outcome.values.get("status") != PENDING:
             values["claimed_by"] = self.worker  # who sent (or failed) it stays on record
         accepted, columns = outcome.action in ACCEPTED, tuple(sorted(values))
-        if self._write_lean(outcome, values, accepted, columns, on):
+        params = {f"new_{key}": value for key, value in values.items()}
+        params |= {"message": outcome.message_id, "worker": self.worker}
+        if self._write_lean(outcome, params, accepted, columns, on):
             return True
-        statement = _finish_statement(accepted, columns)
         with store.write(self.engine, durable=False, on=on) as conn:
-            params = {f"new_{key}": value for key, value in values.items()}
-            result = conn.execute(statement, {**params, "message": outcome.message_id, "worker": self.worker})
+            result = conn.execute(_finish_statement(accepted, columns), params)
             if result.rowcount:
                 trail(conn, outcome.message_id, outcome.at, outcome.action, outcome.detail)
                 if outcome.digest:
@@ -698,7 +698,7 @@ class Dispatcher:
     def _write_lean(
         self,
         outcome: _Outcome,
-        values: dict[str, Any],
+        params: dict[str, Any],
         accepted: bool,
         columns: tuple[str, ...],
         on: Connection | None,
@@ -713,12 +713,8 @@ class Dispatcher:
         if on is None or outcome.digest or outcome.undeliverable:
             return False
         update_outcome, add_step = _prepared(self.engine.dialect, accepted, columns)
-        params = {f"new_{key}": value for key, value in values.items()}
         with store.driver_write(self.engine, on) as cursor:
-            cursor.execute(
-                update_outcome.sql,
-                update_outcome.args({**params, "message": outcome.message_id, "worker": self.worker}),
-            )
+            cursor.execute(update_outcome.sql, update_outcome.args(params))
             if cursor.rowcount != 1:
                 return False
             step = {"message_id": outcome.message_id, "at": outcome.at, "action": outcome.action}

@@ -23,7 +23,6 @@ import sys
 import threading
 from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection
-from typing import Any
 
 from sqlalchemy import Engine
 
@@ -119,5 +118,5 @@ def _portable(exc: BaseException) -> BaseException:
         pickle.loads(pickle.dumps(exc))
         return exc
     except Exception:
-        text: Any = str(exc).strip().splitlines()
-        return OutreachError(log_line(text[0]) if text else type(exc).__name__)
+        lines = str(exc).strip().splitlines()
+        return OutreachError(log_line(lines[0]) if lines else type(exc).__name__)

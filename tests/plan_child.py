@@ -17,6 +17,8 @@ import json
 import os
 import signal
 import sys
+import time
+from datetime import datetime
 
 from outreach import daemon
 from outreach.daemon import Service, make_clock
@@ -25,8 +27,6 @@ from outreach.settings import Settings
 
 
 def main(mode: str, now: str) -> None:
-    from datetime import datetime
-
     parent = os.getpid()
     real_plan = daemon.plan
 
@@ -67,8 +67,6 @@ def main(mode: str, now: str) -> None:
 
 
 def _until(condition, seconds: float = 20.0) -> None:
-    import time
-
     deadline = time.monotonic() + seconds
     while not condition() and time.monotonic() < deadline:
         time.sleep(0.01)
