@@ -12,6 +12,7 @@ will be sent.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
@@ -62,6 +63,7 @@ from outreach.models import (
     physicians,
 )
 from outreach.outbox import insert_messages, trail, trail_many
+from outreach.planprocess import ChunkHelper, can_fork
 from outreach.renderer import Rendered, Renderer
 from outreach.rules import Rule
 from outreach.settings import Settings
@@ -70,6 +72,7 @@ from outreach.windows import parse_window, physician_zone
 log = logging.getLogger(__name__)
 QUEUE_CHUNK = 200  # drafts rendered and stored per transaction
 FIRST_CHUNK = 25  # the first transaction's: what the sender beside the plan starts on
+HELPER_FROM = 400  # drafts: a plan this big queues every other chunk in a second process
 
 
 @dataclass(frozen=True)
@@ -509,14 +512,8 @@ def plan(
     report.cancelled += replan_moved(engine, settings, rules, renderer, now)
     report.consent_suppressed, report.revived = reconsider_consent(engine, settings, rules, renderer, now)
     report.digests = BatchReport()
-    done: set[int] = set()
-    for chunk in _by_physician(_gather(engine, settings, rules, now), QUEUE_CHUNK):
-        _queue(engine, settings, renderer, chunk, now, report)
-        physicians = {draft.to.physician_id for draft in chunk}
-        batch(engine, settings, renderer, rules, now, only=physicians, report=report.digests)
-        done |= physicians
-        if released is not None:
-            released(sorted(physicians))
+    chunks = list(_by_physician(_gather(engine, settings, rules, now), QUEUE_CHUNK))
+    done = _queue_chunks(engine, settings, renderer, rules, now, chunks, report, released)
     # Mail that became ready since the last plan, for physicians with nothing new.
     batch(engine, settings, renderer, rules, now, skip=done, report=report.digests)
     if report.total or report.cancelled:
@@ -525,6 +522,90 @@ def plan(
             len(report.queued), len(report.suppressed), len(report.failed), report.cancelled,
         )  # fmt: skip
     return report
+
+
+@dataclass
+class _Queued:
+    """What queuing one chunk did: each stored draft's fate, the digests made, the physicians released."""
+
+    fates: list[
+        tuple[int, str, str, str | None, str | None]
+    ]  # (place in chunk, status, detail, why suppressed)
+    digests: BatchReport
+    physicians: list[int]
+
+
+def _queue_chunks(
+    engine: Engine,
+    settings: Settings,
+    renderer: Renderer,
+    rules: list[Rule],
+    now: datetime,
+    chunks: list[list[Draft]],
+    report: PlanReport,
+    released: Callable[[Sequence[int]], None] | None,
+) -> set[int]:
+    """Queue each chunk, then combine and hold its physicians' mail; the physicians done.
+
+    A big plan has a helper process queue every other chunk (``ChunkHelper``),
+    so rendering uses two cores. The report lists the drafts in chunk order
+    either way.
+    """
+    results: dict[int, _Queued] = {}
+
+    def work(index: int) -> _Queued:
+        chunk = chunks[index]
+        fates = _queue(engine, settings, renderer, chunk, now)
+        physicians = sorted({draft.to.physician_id for draft in chunk})
+        return _Queued(fates, batch(engine, settings, renderer, rules, now, only=physicians), physicians)
+
+    def take(index: int, queued: _Queued) -> None:
+        results[index] = queued
+        if released is not None:
+            released(queued.physicians)
+
+    helper = _helper(engine, chunks, work)
+    try:
+        for index in range(len(chunks)):
+            if helper is None or index % 2 == 0:
+                take(index, work(index))
+            if helper is not None:
+                for found in helper.ready():
+                    take(*found)
+        if helper is not None:
+            for found in helper.rest():
+                take(*found)
+    except BaseException:
+        if helper is not None:
+            helper.stop()
+        raise
+    for index in sorted(results):
+        _report(report, chunks[index], results[index])
+    return {physician for queued in results.values() for physician in queued.physicians}
+
+
+def _helper(engine: Engine, chunks: list[list[Draft]], work: Callable[[int], _Queued]) -> ChunkHelper | None:
+    """A process for the odd chunks of a plan of ``HELPER_FROM`` drafts or more, where one may be forked."""
+    if sum(map(len, chunks)) < HELPER_FROM or len(chunks) < 2 or (os.cpu_count() or 1) < 2:
+        return None
+    if not can_fork(engine):
+        return None
+    return ChunkHelper(engine, work, range(1, len(chunks), 2))
+
+
+def _report(report: PlanReport, chunk: list[Draft], queued: _Queued) -> None:
+    for place, status, detail, reason, code in queued.fates:
+        draft = chunk[place]
+        draft.suppress_reason, draft.suppress_code = reason, code  # a summary's cohort may have suppressed it
+        if status == models.PENDING:
+            report.queued.append(draft)
+        elif status == models.SUPPRESSED:
+            report.suppressed.append(draft)
+        else:
+            report.failed.append((draft, detail))
+    assert report.digests is not None
+    report.digests.digests += queued.digests.digests
+    report.digests.held += queued.digests.held
 
 
 def _gather(engine: Engine, settings: Settings, rules: list[Rule], now: datetime) -> list[Draft]:
@@ -593,15 +674,16 @@ def _queue(
     renderer: Renderer,
     drafts: Sequence[Draft],
     now: datetime,
-    report: PlanReport,
-) -> None:
-    """Render a chunk of drafts in one read, store them in one write transaction.
+) -> list[tuple[int, str, str, str | None, str | None]]:
+    """Render a chunk of drafts in one read, store them in one write transaction; each stored one's fate.
 
     The clients' histories are read in bulk and the rows inserted with one
     statement: per email, the cost is the rendering alone.
     """
     with store.read(engine) as conn:
-        histories = load_histories(conn, [d.client_id for d in drafts if d.client_id is not None])
+        client_ids = [d.client_id for d in drafts if d.client_id is not None]
+        reminding = [d.client_id for d in drafts if d.client_id is not None and d.rule.no_reply]
+        histories = load_histories(conn, client_ids, told=reminding)
         rows = [
             _message_row(conn, settings, renderer, draft, now, _history(histories, draft)) for draft in drafts
         ]
@@ -610,23 +692,23 @@ def _queue(
     with store.write(engine, durable=False) as conn:
         ids = insert_messages(conn, [row for row, _ in rows])
         stored = [
-            (message_id, draft, row["status"], detail)
-            for message_id, draft, (row, detail) in zip(ids, drafts, rows, strict=True)
+            (message_id, place, row["status"], detail)
+            for place, (message_id, (row, detail)) in enumerate(zip(ids, rows, strict=True))
             if message_id is not None  # else another planner queued it first
         ]
         actions = {models.PENDING: "queued", models.SUPPRESSED: "suppressed", models.FAILED: "failed"}
         trail_many(
             conn, now, [(message_id, actions[status], detail) for message_id, _, status, detail in stored]
         )
-    for message_id, draft, status, detail in stored:
-        if status == models.PENDING:
-            report.queued.append(draft)
-        elif status == models.SUPPRESSED:
-            report.suppressed.append(draft)
+    for message_id, _, status, detail in stored:
+        if status == models.SUPPRESSED:
             log.info("message %s suppressed: %s", message_id, detail)
-        else:
-            report.failed.append((draft, detail))
+        elif status == models.FAILED:
             log.error("message %s failed to render: %s", message_id, detail)
+    return [
+        (place, status, detail, drafts[place].suppress_reason, drafts[place].suppress_code)
+        for _, place, status, detail in stored
+    ]
 
 
 def _history(histories: dict[int, History], draft: Draft) -> History | None:

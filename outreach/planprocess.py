@@ -19,16 +19,20 @@ import contextlib
 import multiprocessing
 import os
 import pickle
+import signal
 import sys
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from multiprocessing.connection import Connection
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine
 
 from outreach.errors import OutreachError
 from outreach.outbox import log_line
-from outreach.planner import PlanReport
+
+if TYPE_CHECKING:
+    from outreach.planner import PlanReport
 
 Released = Callable[[Sequence[int]], None]
 
@@ -41,7 +45,29 @@ def can_fork(engine: Engine) -> bool:
     return not (url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:"))
 
 
-class PlanProcess:
+class _Forked:
+    """A forked child that reports through a pipe, and is reaped once."""
+
+    pid: int | None
+    _reader: Connection
+
+    def _ended(self) -> str:
+        status = self._reap()
+        if status is None:
+            return "closed its pipe"
+        if os.WIFSIGNALED(status):
+            return f"was killed by signal {os.WTERMSIG(status)}"
+        return f"exited with code {os.waitstatus_to_exitcode(status)}"
+
+    def _reap(self) -> int | None:
+        """Wait for the child (it exits right after its last word); its wait status, once."""
+        if self.pid is None:
+            return None
+        pid, self.pid = self.pid, None
+        return os.waitpid(pid, 0)[1]
+
+
+class PlanProcess(_Forked):
     """A plan running in a forked child; ``follow`` relays what it releases and returns its report."""
 
     def __init__(self, engine: Engine, run: Callable[[Released], PlanReport]) -> None:
@@ -50,9 +76,9 @@ class PlanProcess:
         pid = os.fork()
         if pid == 0:  # the child: never returns
             reader.close()
-            _child(engine, run, writer, parent)
+            _child(engine, lambda say: run(lambda ids: say("released", list(ids))), writer, parent)
         writer.close()
-        self.pid: int | None = pid
+        self.pid = pid
         self._reader = reader
 
     def follow(self, released: Released) -> PlanReport:
@@ -73,34 +99,85 @@ class PlanProcess:
             self._reader.close()
             self._reap()
 
-    def _ended(self) -> str:
-        status = self._reap()
-        if status is None:
-            return "closed its pipe"
-        if os.WIFSIGNALED(status):
-            return f"was killed by signal {os.WTERMSIG(status)}"
-        return f"exited with code {os.waitstatus_to_exitcode(status)}"
 
-    def _reap(self) -> int | None:
-        """Wait for the child (it exits right after its last word); its wait status, once."""
-        if self.pid is None:
-            return None
-        pid, self.pid = self.pid, None
-        return os.waitpid(pid, 0)[1]
+class ChunkHelper(_Forked):
+    """A second process queuing some of a plan's chunks (``work(index)``) while the planner queues the rest.
+
+    Rendering is most of a plan and uses one core; a batch import or a
+    quarter's summaries render on two with a helper. Each chunk is one
+    physician's mail whole and goes in its own transaction, so the two
+    processes never queue the same message; the database takes their writes
+    one at a time. The planner takes each result as it comes (``ready``),
+    and the rest once its own chunks are done (``rest``).
+    """
+
+    def __init__(self, engine: Engine, work: Callable[[int], Any], indices: Sequence[int]) -> None:
+        reader, writer = multiprocessing.Pipe(duplex=False)
+        parent = os.getpid()
+        pid = os.fork()
+        if pid == 0:  # the child: never returns
+            reader.close()
+
+            def each(say: Callable[[str, Any], None]) -> None:
+                for index in indices:
+                    say("chunk", (index, work(index)))
+
+            _child(engine, each, writer, parent)
+        writer.close()
+        self.pid = pid
+        self._reader = reader
+
+    def ready(self) -> Iterator[tuple[int, Any]]:
+        """The chunks finished so far, without waiting."""
+        while self.pid is not None and self._reader.poll():
+            yield from self._take()
+
+    def rest(self) -> Iterator[tuple[int, Any]]:
+        """Every chunk still to come, waiting for each."""
+        while self.pid is not None:
+            yield from self._take()
+
+    def stop(self) -> None:
+        """The planner failed: end the helper at once (an open transaction is rolled back) and reap it."""
+        if self.pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGKILL)
+            self._reader.close()
+            self._reap()
+
+    def _take(self) -> Iterator[tuple[int, Any]]:
+        try:
+            kind, value = self._reader.recv()
+        except EOFError:
+            self._reader.close()
+            raise OutreachError(f"the plan stopped half way: its helper process {self._ended()}") from None
+        if kind == "chunk":
+            yield value
+            return
+        self._reader.close()
+        self._reap()
+        if kind != "done":
+            raise value
 
 
-def _child(engine: Engine, run: Callable[[Released], PlanReport], writer: Connection, parent: int) -> None:
-    """Plan, report, exit; the parent's connections are left alone (``dispose(close=False)``)."""
+def _child(
+    engine: Engine, work: Callable[[Callable[[str, Any], None]], object], writer: Connection, parent: int
+) -> None:
+    """Work, report, exit; the parent's connections are left alone (``dispose(close=False)``).
+
+    ``work`` tells the parent of its progress through ``say``; what it
+    returns is its last word.
+    """
     code = 0
     try:
         engine.dispose(close=False)
 
-        def released(physician_ids: Sequence[int]) -> None:
+        def say(kind: str, value: Any) -> None:
             if os.getppid() != parent:  # the service is gone: stop between two chunks
                 raise SystemExit(1)
-            writer.send(("released", list(physician_ids)))
+            writer.send((kind, value))
 
-        writer.send(("done", run(released)))
+        writer.send(("done", work(say)))
     except BaseException as exc:
         code = 1
         with contextlib.suppress(BaseException):

@@ -69,6 +69,14 @@ def _missing_driver(url: URL, exc: Exception) -> str:
     return f"{URL_KEY}: the {name} driver is not installed; {fix}"
 
 
+# Copy the write-ahead log into the database every 80 MB (20,000 pages of 4 kB), not
+# every 4 MB (SQLite's default). Each copy waits for the disk, and writes every page
+# changed since the last one; a plan's chunks change the same index pages again and
+# again. On the benchmark's 20,000 alerts, plan and render took 0.94-1.02 ms a message
+# with the default, 0.66-0.71 ms with this (and 0.2 s more when the last connection closes).
+WAL_CHECKPOINT_PAGES = 20_000
+
+
 def _sqlite_engine(url: URL, busy: float) -> Engine:
     if url.database and url.database != ":memory:":
         _create_private_file(Path(url.database))
@@ -82,6 +90,7 @@ def _sqlite_engine(url: URL, busy: float) -> Engine:
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute(f"PRAGMA busy_timeout={int(busy * 1000)}")
+        cursor.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_PAGES}")
         cursor.close()
 
     @event.listens_for(engine, "begin")

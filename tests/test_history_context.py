@@ -18,9 +18,9 @@ from sqlalchemy import select
 
 from outreach import store
 from outreach.context import SESSION_KINDS, History, attendance_from, client_context, load_histories
-from outreach.models import clients, events, measurements, physicians
+from outreach.models import SENT, clients, events, measurements, physicians
 from tests.conftest import NOW
-from tests.factories import shipped_rules
+from tests.factories import queue_message, shipped_rules
 
 
 def former_attendance(events_: list, start: datetime, end: datetime) -> dict:
@@ -99,3 +99,31 @@ def test_every_context_from_bulk_histories_is_the_one_from_the_rows(demo_engine,
                     assert client_context(settings, rule, bulk[client_id], NOW, event_id) == expected
                     compared += 1
     assert compared >= 40
+
+
+def test_only_the_clients_told_of_have_their_sent_updates_read(demo_engine, settings):
+    """``told`` names the clients a reminder is drafted for; the others' log is not walked."""
+    with store.read(demo_engine) as conn:
+        first, second = conn.execute(select(clients.c.id).order_by(clients.c.id).limit(2)).scalars().all()
+    sent_at = datetime(2026, 11, 20, 15, 0, tzinfo=UTC)
+    for client_id in (first, second):
+        with store.write(demo_engine) as conn:
+            event_id = conn.execute(
+                events.insert().values(
+                    client_id=client_id,
+                    kind="adverse_event",
+                    occurred_at=sent_at,
+                    note="",
+                    created_at=sent_at,
+                )
+            ).inserted_primary_key[0]
+        queue_message(
+            demo_engine, client_id=client_id, rule="adverse_event_alert", event_id=event_id, status=SENT,
+            sent_at=sent_at,
+        )  # fmt: skip
+    with store.read(demo_engine) as conn:
+        every = load_histories(conn, [first, second])
+        some = load_histories(conn, [first, second], told=[second])
+    assert every[first].sent and every[second].sent
+    assert some[first].sent == {} and some[second].sent == every[second].sent
+    assert some[first].events == every[first].events

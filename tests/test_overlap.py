@@ -31,8 +31,9 @@ def slow_chunks(monkeypatch):
     original = planner._queue
 
     def slow(*args, **kwargs):
-        original(*args, **kwargs)
+        fates = original(*args, **kwargs)
         time.sleep(0.4)
+        return fates
 
     monkeypatch.setattr(planner, "_queue", slow)
     monkeypatch.setattr(planner, "QUEUE_CHUNK", 3)

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import stat
+from pathlib import Path
 
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
-from outreach import store
+from outreach import outbox, store
 from outreach.models import metadata
+from tests.factories import message_row
 
 
 def test_migrations_create_exactly_the_model(engine):
@@ -45,6 +47,24 @@ def test_sqlite_runs_in_wal_mode(tmp_path):
     with engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
     engine.dispose()
+
+
+def test_sqlite_copies_its_log_into_the_database_every_80_mb_and_at_the_end(tmp_path):
+    """Fewer, larger checkpoints (a plan rewrites the same index pages); the last connection still empties the log."""
+    path = tmp_path / "log.db"
+    engine = store.connect(f"sqlite:///{path}")
+    store.migrate(engine)
+    with engine.connect() as conn:
+        assert (
+            conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar() == store.WAL_CHECKPOINT_PAGES == 20_000
+        )
+    with store.write(engine) as conn:  # 6 MB of bodies
+        outbox.insert_messages(conn, [message_row(html="<p>" + "x" * 10_000 + "</p>") for _ in range(600)])
+    wal = Path(f"{path}-wal")
+    assert wal.stat().st_size > 6_000_000 > 1_000_000 > path.stat().st_size  # in the log, not copied yet
+    engine.dispose()
+    assert not wal.exists() or wal.stat().st_size == 0
+    assert path.stat().st_size > 6_000_000
 
 
 def test_only_transactions_asked_to_skip_the_disk_wait_do(engine):

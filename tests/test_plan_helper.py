@@ -1,0 +1,100 @@
+"""A big plan queues every other chunk in a helper process: the same mail, its errors raised, no child left."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from sqlalchemy import delete
+
+from outreach import store
+from outreach.models import message_bodies, message_events, messages
+from outreach.outbox import DIGEST, with_body
+from tests.conftest import NOW, ROOT
+from tests.service_helpers import service_env
+
+
+def plan_in_a_process(settings, tmp_path: Path, mode: str) -> tuple[dict, list[int]]:
+    """One plan in a fresh process (``tests.plan_helper_child``); its result, and the pid of each chunk's queuer."""
+    pids = tmp_path / f"{mode}.pids"
+    env = service_env(settings)
+    env["PLAN_PIDS_FILE"] = str(pids)
+    done = subprocess.run(
+        [sys.executable, "-m", "tests.plan_helper_child", mode, NOW.isoformat()],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    return result, [int(line) for line in pids.read_text().split()] if pids.exists() else []
+
+
+def outbox(engine) -> list[tuple]:
+    """Every message as the physician would get it, in a stable order.
+
+    A digest's key is made of its members' ids, which depend on which
+    process stored them first: only its kind is compared.
+    """
+    with store.read(engine) as conn:
+        rows = conn.execute(with_body()).all()
+    return sorted(
+        (
+            DIGEST if r.dedupe_key.startswith(f"{DIGEST}:") else r.dedupe_key,
+            *(r.status, r.recipient, r.subject, r.text, r.html, r.reason, r.digest_id is None),
+        )
+        for r in rows
+    )
+
+
+def forget_the_plan(engine) -> None:
+    with store.write(engine) as conn:
+        for table in (message_events, message_bodies):
+            conn.execute(delete(table))
+        conn.execute(delete(messages))
+
+
+def test_a_plan_with_a_helper_queues_the_same_mail_as_one_without(demo_engine, settings, tmp_path):
+    alone, alone_pids = plan_in_a_process(settings, tmp_path, "alone")
+    expected = outbox(demo_engine)
+    forget_the_plan(demo_engine)
+    helped, helped_pids = plan_in_a_process(settings, tmp_path, "helper")
+    assert "error" not in helped, helped
+    assert len(alone["queued"]) >= 6 and set(alone_pids) == {alone["parent"]}
+    assert (
+        len(set(helped_pids)) == 2 and helped["parent"] in helped_pids
+    )  # the chunks shared by two processes
+    for key in ("queued", "suppressed", "failed", "digests"):
+        assert helped[key] == alone[key], key  # the report in the same order
+    assert outbox(demo_engine) == expected
+    assert helped["children_left"] is False
+
+
+def test_an_error_in_the_helper_is_raised_in_the_plan_as_it_was(demo_engine, settings, tmp_path):
+    result, _ = plan_in_a_process(settings, tmp_path, "helper_raises")
+    assert (result["error"], result["message"]) == (
+        "RenderError",
+        "template acknowledgement.html: 'client' is undefined",
+    )
+    assert result["children_left"] is False
+
+
+def test_a_helper_killed_half_way_is_one_line_and_no_zombie(demo_engine, settings, tmp_path):
+    result, pids = plan_in_a_process(settings, tmp_path, "helper_killed")
+    assert result["error"] == "OutreachError"
+    assert result["message"] == "the plan stopped half way: its helper process was killed by signal 9"
+    assert result["children_left"] is False
+    assert set(pids) == {result["parent"]}  # the helper finished no chunk
+
+
+def test_when_the_planner_fails_its_helper_is_stopped_and_reaped(demo_engine, settings, tmp_path):
+    result, _ = plan_in_a_process(settings, tmp_path, "planner_raises")
+    assert (result["error"], result["message"]) == (
+        "RenderError",
+        "template progress.html: 'plan' is undefined",
+    )
+    assert result["children_left"] is False
