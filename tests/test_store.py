@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import stat
 from pathlib import Path
 
@@ -10,7 +11,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
 from outreach import outbox, store
-from outreach.models import metadata
+from outreach.models import metadata, new_message_id
 from tests.factories import message_row
 
 
@@ -179,3 +180,13 @@ def test_the_migration_to_0013_reads_each_earlier_resend_from_its_trail(tmp_path
     engine.dispose()
     assert origins == {1: None, 2: 1, 3: None}
     assert first["resent_as"] == [2] and second["resent_from"] == 1
+
+
+def test_message_ids_are_ours_unguessable_and_grow_at_the_end_of_their_index():
+    """Time first (the unique index is appended to, not changed all over); 64 random bits after."""
+    ids = [new_message_id("rehab.example.org") for _ in range(2_000)]
+    assert len(set(ids)) == len(ids)
+    assert all(re.fullmatch(r"<[0-9a-f]{16}\.[0-9a-f]{16}@rehab\.example\.org>", i) for i in ids)
+    times = [i[1:17] for i in ids]
+    assert times == sorted(times)
+    assert len({i[18:34] for i in ids}) == len(ids)  # the random parts differ too
