@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
 from itertools import groupby
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import (
     ColumnElement,
@@ -524,13 +524,21 @@ def plan(
     return report
 
 
+class _Fate(NamedTuple):
+    """What became of one draft of a chunk: stored as ``status`` (``detail`` says why), and why it was suppressed."""
+
+    place: int  # in its chunk
+    status: str
+    detail: str
+    suppress_reason: str | None
+    suppress_code: str | None
+
+
 @dataclass
 class _Queued:
     """What queuing one chunk did: each stored draft's fate, the digests made, the physicians released."""
 
-    fates: list[
-        tuple[int, str, str, str | None, str | None]
-    ]  # (place in chunk, status, detail, why suppressed)
+    fates: list[_Fate]
     digests: BatchReport
     physicians: list[int]
 
@@ -594,15 +602,19 @@ def _helper(engine: Engine, chunks: list[list[Draft]], work: Callable[[int], _Qu
 
 
 def _report(report: PlanReport, chunk: list[Draft], queued: _Queued) -> None:
-    for place, status, detail, reason, code in queued.fates:
-        draft = chunk[place]
-        draft.suppress_reason, draft.suppress_code = reason, code  # a summary's cohort may have suppressed it
-        if status == models.PENDING:
+    """Add a chunk's fates to the report (the chunk may have been queued in the helper)."""
+    for fate in queued.fates:
+        draft = chunk[fate.place]
+        draft.suppress_reason, draft.suppress_code = (
+            fate.suppress_reason,
+            fate.suppress_code,
+        )  # as rendering left them
+        if fate.status == models.PENDING:
             report.queued.append(draft)
-        elif status == models.SUPPRESSED:
+        elif fate.status == models.SUPPRESSED:
             report.suppressed.append(draft)
         else:
-            report.failed.append((draft, detail))
+            report.failed.append((draft, fate.detail))
     assert report.digests is not None
     report.digests.digests += queued.digests.digests
     report.digests.held += queued.digests.held
@@ -674,7 +686,7 @@ def _queue(
     renderer: Renderer,
     drafts: Sequence[Draft],
     now: datetime,
-) -> list[tuple[int, str, str, str | None, str | None]]:
+) -> list[_Fate]:
     """Render a chunk of drafts in one read, store them in one write transaction; each stored one's fate.
 
     The clients' histories are read in bulk and the rows inserted with one
@@ -706,7 +718,7 @@ def _queue(
         elif status == models.FAILED:
             log.error("message %s failed to render: %s", message_id, detail)
     return [
-        (place, status, detail, drafts[place].suppress_reason, drafts[place].suppress_code)
+        _Fate(place, status, detail, drafts[place].suppress_reason, drafts[place].suppress_code)
         for _, place, status, detail in stored
     ]
 
