@@ -25,6 +25,7 @@ from outreach.errors import RenderError
 from outreach.renderer import load_renderer
 from outreach.rules import load_rules
 from outreach.settings import Settings
+from tests.plan_child import _children_left
 
 
 def main(mode: str, now: str) -> None:
@@ -68,15 +69,6 @@ def main(mode: str, now: str) -> None:
         result.update(error=type(exc).__name__, message=str(exc))
     result["children_left"] = _children_left()
     print(json.dumps(result))
-
-
-def _children_left() -> bool:
-    """Whether any child process is left, running or waiting to be reaped."""
-    try:
-        os.waitpid(-1, os.WNOHANG)
-    except ChildProcessError:
-        return False
-    return True
 
 
 if __name__ == "__main__":

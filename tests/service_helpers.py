@@ -7,6 +7,7 @@ SMTP server and the database are real too.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -22,7 +23,7 @@ from outreach import store
 from outreach.models import message_events, messages
 from outreach.outbox import insert_messages, trail_many
 from outreach.settings import Settings
-from tests.conftest import NOW, settings_env
+from tests.conftest import NOW, ROOT, settings_env
 from tests.factories import message_row
 
 
@@ -173,3 +174,17 @@ def received_by_recipient(server) -> dict[str, list[str]]:
         for rcpt in item.rcpt_tos:
             found.setdefault(rcpt, []).append(item.message_id)
     return found
+
+
+def json_from_module(module: str, mode: str, env: dict[str, str]) -> dict:
+    """``python -m MODULE MODE NOW`` in a fresh process (one thread: a plan may fork there); its JSON line."""
+    done = subprocess.run(
+        [sys.executable, "-m", module, mode, NOW.isoformat()],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])

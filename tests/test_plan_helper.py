@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
+import pytest
 from sqlalchemy import delete
 
 from outreach import store
 from outreach.models import message_bodies, message_events, messages
 from outreach.outbox import DIGEST, with_body
-from tests.conftest import NOW, ROOT
-from tests.service_helpers import service_env
+from tests.service_helpers import json_from_module, service_env
 
 
 def plan_in_a_process(settings, tmp_path: Path, mode: str) -> tuple[dict, list[int]]:
@@ -21,16 +18,7 @@ def plan_in_a_process(settings, tmp_path: Path, mode: str) -> tuple[dict, list[i
     pids = tmp_path / f"{mode}.pids"
     env = service_env(settings)
     env["PLAN_PIDS_FILE"] = str(pids)
-    done = subprocess.run(
-        [sys.executable, "-m", "tests.plan_helper_child", mode, NOW.isoformat()],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stderr
-    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result = json_from_module("tests.plan_helper_child", mode, env)
     return result, [int(line) for line in pids.read_text().split()] if pids.exists() else []
 
 
@@ -74,12 +62,18 @@ def test_a_plan_with_a_helper_queues_the_same_mail_as_one_without(demo_engine, s
     assert helped["children_left"] is False
 
 
-def test_an_error_in_the_helper_is_raised_in_the_plan_as_it_was(demo_engine, settings, tmp_path):
-    result, _ = plan_in_a_process(settings, tmp_path, "helper_raises")
-    assert (result["error"], result["message"]) == (
-        "RenderError",
-        "template acknowledgement.html: 'client' is undefined",
-    )
+@pytest.mark.parametrize(
+    ("mode", "message"),
+    [
+        ("helper_raises", "template acknowledgement.html: 'client' is undefined"),  # raised as it was
+        ("planner_raises", "template progress.html: 'plan' is undefined"),  # the helper stopped and reaped
+    ],
+)
+def test_an_error_on_either_side_is_raised_and_leaves_no_child(
+    demo_engine, settings, tmp_path, mode, message
+):
+    result, _ = plan_in_a_process(settings, tmp_path, mode)
+    assert (result["error"], result["message"]) == ("RenderError", message)
     assert result["children_left"] is False
 
 
@@ -89,12 +83,3 @@ def test_a_helper_killed_half_way_is_one_line_and_no_zombie(demo_engine, setting
     assert result["message"] == "the plan stopped half way: its helper process was killed by signal 9"
     assert result["children_left"] is False
     assert set(pids) == {result["parent"]}  # the helper finished no chunk
-
-
-def test_when_the_planner_fails_its_helper_is_stopped_and_reaped(demo_engine, settings, tmp_path):
-    result, _ = plan_in_a_process(settings, tmp_path, "planner_raises")
-    assert (result["error"], result["message"]) == (
-        "RenderError",
-        "template progress.html: 'plan' is undefined",
-    )
-    assert result["children_left"] is False

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import threading
@@ -12,7 +11,7 @@ from outreach import store
 from outreach.models import SENT
 from outreach.planprocess import can_fork
 from tests.conftest import NOW, ROOT
-from tests.service_helpers import service_env, status_counts
+from tests.service_helpers import json_from_module, service_env, status_counts
 
 
 def cycle_in_a_process(settings, tmp_path: Path, mode: str) -> tuple[dict, int | None]:
@@ -20,16 +19,7 @@ def cycle_in_a_process(settings, tmp_path: Path, mode: str) -> tuple[dict, int |
     pid_file = tmp_path / "plan.pid"
     env = service_env(settings)
     env["PLAN_PID_FILE"] = str(pid_file)
-    done = subprocess.run(
-        [sys.executable, "-m", "tests.plan_child", mode, NOW.isoformat()],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stderr
-    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result = json_from_module("tests.plan_child", mode, env)
     return result, int(pid_file.read_text()) if pid_file.exists() else None
 
 
