@@ -604,11 +604,8 @@ def _helper(engine: Engine, chunks: list[list[Draft]], work: Callable[[int], _Qu
 def _report(report: PlanReport, chunk: list[Draft], queued: _Queued) -> None:
     """Add a chunk's fates to the report (the chunk may have been queued in the helper)."""
     for fate in queued.fates:
-        draft = chunk[fate.place]
-        draft.suppress_reason, draft.suppress_code = (
-            fate.suppress_reason,
-            fate.suppress_code,
-        )  # as rendering left them
+        draft = chunk[fate.place]  # rendering may have suppressed it (a summary's cohort): as it left it
+        draft.suppress_reason, draft.suppress_code = fate.suppress_reason, fate.suppress_code
         if fate.status == models.PENDING:
             report.queued.append(draft)
         elif fate.status == models.SUPPRESSED:
