@@ -510,11 +510,22 @@ def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
         time.sleep(0.05)
 
 
-def sent_count(engine: Engine, ids: list[int]) -> int:
+def all_sent(engine: Engine, ids: list[int]) -> bool:
+    """Whether every one of ``ids`` is recorded sent.
+
+    Looks from the highest id down, where the services, claiming in id
+    order, arrive last: one row read while any is unsent. Counting all of
+    them twenty times a second took a sixth of a core from the services
+    it was timing.
+    """
     with store.read(engine) as conn:
-        return conn.execute(
-            select(func.count()).where(messages.c.id.between(ids[0], ids[-1]), messages.c.status == SENT)
-        ).scalar_one()
+        unsent = conn.execute(
+            select(messages.c.id)
+            .where(messages.c.id.between(ids[0], ids[-1]), messages.c.status != SENT)
+            .order_by(messages.c.id.desc())
+            .limit(1)
+        ).first()
+    return unsent is None
 
 
 def drain(
@@ -525,7 +536,7 @@ def drain(
     start = time.perf_counter()
     running = [Service(env, folder, f"service-{services}-{n}") for n in range(services)]
     try:
-        wait_for(lambda: sent_count(engine, ids) == len(ids), max(120.0, len(ids) / 10), f"{len(ids)} sent")
+        wait_for(lambda: all_sent(engine, ids), max(120.0, len(ids) / 10), f"{len(ids)} sent")
         seconds = time.perf_counter() - start
     finally:
         codes = [service.stop() for service in running]

@@ -703,7 +703,7 @@ class Dispatcher:
         columns: tuple[str, ...],
         on: Connection | None,
     ) -> bool:
-        """The usual outcome (one email, still ours) in two prepared statements on the driver.
+        """The usual outcome (one email, still ours) in prepared statements on the driver.
 
         This runs once per message sent, and SQLAlchemy's execution costs more
         than the database's work. False: nothing written, ``_finish`` takes
@@ -712,14 +712,18 @@ class Dispatcher:
         """
         if on is None or outcome.digest or outcome.undeliverable:
             return False
-        update_outcome, add_step = _prepared(self.engine.dialect, accepted, columns)
-        with store.driver_write(self.engine, on) as cursor:
-            cursor.execute(update_outcome.sql, update_outcome.args(params))
-            if cursor.rowcount != 1:
-                return False
-            step = {"message_id": outcome.message_id, "at": outcome.at, "action": outcome.action}
-            cursor.execute(add_step.sql, add_step.args({**step, "detail": outcome.detail}))
-        return True
+        step = {
+            "message_id": outcome.message_id,
+            "at": outcome.at,
+            "action": outcome.action,
+            "detail": outcome.detail,
+        }
+        prepared = _prepared(self.engine.dialect, accepted, columns)
+        if len(prepared) == 1:  # PostgreSQL: the update and its step as one statement
+            return store.driver_write(self.engine, on, [(prepared[0].sql, prepared[0].args(params | step))])
+        update_outcome, add_step = prepared
+        statements = [(update_outcome.sql, update_outcome.args(params)), (add_step.sql, add_step.args(step))]
+        return store.driver_write(self.engine, on, statements)
 
     # --- claims --------------------------------------------------------------------------------
 
@@ -999,12 +1003,23 @@ def _finish_statement(accepted: bool, columns: tuple[str, ...]) -> Update:
 
 
 @functools.cache
-def _prepared(
-    dialect: Dialect, accepted: bool, columns: tuple[str, ...]
-) -> tuple[store.Prepared, store.Prepared]:
-    """The outcome's update and its step in the trail, compiled once per shape and database."""
-    step = store.Prepared(message_events.insert(), dialect, ["message_id", "at", "action", "detail"])
-    return store.Prepared(_finish_statement(accepted, columns), dialect), step
+def _prepared(dialect: Dialect, accepted: bool, columns: tuple[str, ...]) -> tuple[store.Prepared, ...]:
+    """The outcome's update and its step in the trail, compiled once per shape and database.
+
+    On PostgreSQL they are one statement, the step added only if the update
+    applied, so that the transaction goes to the server in one round trip.
+    """
+    update_outcome = _finish_statement(accepted, columns)
+    if dialect.name == "postgresql":
+        done = update_outcome.returning(messages.c.id).cte("done")
+        step = select(done.c.id, *(bindparam(name, type_=message_events.c[name].type) for name in STEP))
+        both = message_events.insert().from_select(["message_id", *STEP], step)
+        return (store.Prepared(both, dialect),)
+    add_step = store.Prepared(message_events.insert(), dialect, ["message_id", *STEP])
+    return store.Prepared(update_outcome, dialect), add_step
+
+
+STEP = ("at", "action", "detail")  # a step in the trail, besides its message
 
 
 def _is_digest(row: Claimed) -> bool:

@@ -229,27 +229,31 @@ class Prepared:
         return [params[name] for name in self._order] if self._order is not None else params
 
 
-@contextmanager
-def driver_write(engine: Engine, on: Connection) -> Iterator[Any]:
-    """A write transaction straight on the driver's cursor, committed without waiting for the disk.
+def driver_write(engine: Engine, on: Connection, statements: Sequence[tuple[str, Any]]) -> bool:
+    """Statements that each change one row, in one transaction committed without waiting for the disk.
 
     What ``write(engine, durable=False, on=on)`` does, for ``Prepared``
-    statements; a database error comes out as ``write`` gives it.
+    statements run once for every message sent. True when each changed one
+    row. On SQLite the first that changes none rolls back the transaction:
+    False, nothing kept. On PostgreSQL the transaction is one round trip to
+    the server (psycopg's pipeline), committed before its row count comes
+    back: give it one statement that writes nothing unless it all applies.
+    A database error comes out as ``write`` gives it.
     """
     raw: Any = on.connection.dbapi_connection  # (reconnected by ``on.connection`` if it was invalidated)
     sqlite = not is_postgres(engine)
     cursor = raw.cursor()
     try:
         if sqlite:
-            _sqlite_sync(on.connection.info, cursor.execute, "NORMAL")
-            cursor.execute("BEGIN IMMEDIATE")
-        else:
+            return _sqlite_lean(on.connection.info, cursor, statements)
+        (sql, args), *more = statements
+        if more:
+            raise ValueError("one statement on PostgreSQL: its commit does not wait for its row count")
+        with raw.pipeline():
             cursor.execute("SET LOCAL synchronous_commit TO OFF")
-        yield cursor
-        if sqlite:
-            cursor.execute("COMMIT")
-        else:
+            cursor.execute(sql, args)
             raw.commit()
+        return bool(cursor.rowcount == 1)
     except engine.dialect.loaded_dbapi.Error as exc:
         if engine.dialect.is_disconnect(exc, raw, cursor):
             on.invalidate()  # as SQLAlchemy does: the pool must not try to reset a dead connection
@@ -263,6 +267,18 @@ def driver_write(engine: Engine, on: Connection) -> Iterator[Any]:
     finally:
         with suppress(Exception):
             cursor.close()
+
+
+def _sqlite_lean(info: dict, cursor: Any, statements: Sequence[tuple[str, Any]]) -> bool:
+    _sqlite_sync(info, cursor.execute, "NORMAL")
+    cursor.execute("BEGIN IMMEDIATE")
+    for sql, args in statements:
+        cursor.execute(sql, args)
+        if cursor.rowcount != 1:
+            cursor.execute("ROLLBACK")
+            return False
+    cursor.execute("COMMIT")
+    return True
 
 
 def _roll_back(raw: Any, sqlite: bool) -> None:

@@ -6,6 +6,7 @@ import re
 import stat
 from pathlib import Path
 
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
@@ -87,17 +88,42 @@ def test_only_transactions_asked_to_skip_the_disk_wait_do(engine):
 def test_a_write_on_the_driver_skips_the_disk_wait_too_and_leaves_the_connection_as_it_found_it(engine):
     """``driver_write`` (each outcome sent) commits as ``write(durable=False)`` does."""
     setting, skips, waits = (
-        ("SHOW synchronous_commit", "off", "on")
+        ("current_setting('synchronous_commit')", "off", "on")
         if store.is_postgres(engine)
-        else ("PRAGMA synchronous", 1, 2)
+        else ("(SELECT synchronous FROM pragma_synchronous)", "1", "2")
     )
     conn = store.connection(engine)
     try:
-        with store.driver_write(engine, conn) as cursor:
-            cursor.execute(setting)
-            assert cursor.fetchone()[0] == skips
+        with store.write(engine, on=conn) as same:
+            same.exec_driver_sql("CREATE TABLE seen (setting VARCHAR(10))")
+        assert store.driver_write(engine, conn, [(f"INSERT INTO seen SELECT {setting}", {})])
         with store.write(engine, on=conn) as same:  # SQLAlchemy's next transaction on it waits again
-            assert same.exec_driver_sql(setting).scalar() == waits
+            assert str(same.exec_driver_sql(f"SELECT {setting}").scalar()) == waits
+            assert same.exec_driver_sql("SELECT setting FROM seen").scalar() == skips
+    finally:
+        conn.close()
+
+
+def test_a_write_on_the_driver_keeps_nothing_when_a_statement_changes_no_row(engine):
+    """On SQLite each statement must change one row; on PostgreSQL the one statement guards itself."""
+    conn = store.connection(engine)
+    try:
+        with store.write(engine, on=conn) as same:
+            same.exec_driver_sql("CREATE TABLE lean (id INTEGER PRIMARY KEY, n INTEGER)")
+            same.exec_driver_sql("INSERT INTO lean VALUES (1, 0)")
+        bump, miss = "UPDATE lean SET n = n + 1 WHERE id = 1", "UPDATE lean SET n = 9 WHERE id = 2"
+        if store.is_postgres(engine):
+            assert store.driver_write(engine, conn, [(bump, {})])
+            assert not store.driver_write(engine, conn, [(miss, {})])
+            with pytest.raises(ValueError, match="one statement on PostgreSQL"):
+                store.driver_write(engine, conn, [(bump, {}), (bump, {})])
+            bumped = 1
+        else:
+            assert store.driver_write(engine, conn, [(bump, ()), (bump, ())])
+            assert not store.driver_write(engine, conn, [(bump, ()), (miss, ())])  # the first undone too
+            bumped = 2
+        with store.write(engine, on=conn) as same:
+            assert same.exec_driver_sql("SELECT n FROM lean").scalar() == bumped
     finally:
         conn.close()
 
