@@ -89,6 +89,35 @@ NOT_INSTALLED = "not installed (pip install -e '.[bench]')"
 # --- what the end-to-end runs send -----------------------------------------------------------
 
 
+class Busy:
+    """How busy the machine's cores were over a stretch, in percent (``/proc/stat``).
+
+    Every figure here shares two cores between the sender, the server, the
+    database and the plan: a figure taken with the cores all busy is bound
+    by them, not by the code.
+    """
+
+    def __enter__(self) -> Busy:
+        self._start = cpu_ticks()
+        self.pct: float | None = None
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        busy, total = (end - start for start, end in zip(self._start, cpu_ticks(), strict=True))
+        self.pct = 100 * busy / total if total else None
+
+
+def cpu_ticks() -> tuple[int, int]:
+    """Busy and total ticks of all cores since boot; (0, 0) where there is no ``/proc/stat``."""
+    try:
+        with open("/proc/stat", encoding="ascii") as stat:
+            fields = [int(n) for n in stat.readline().split()[1:9]]  # user .. steal (guests are in user)
+    except OSError:
+        return 0, 0
+    idle = fields[3] + fields[4]  # idle, iowait
+    return sum(fields) - idle, sum(fields)
+
+
 def referral_client(client_id: int, physician_id: int, at: datetime) -> dict:
     """A client referred at ``at``, not yet seen: only the acknowledgement is due for them."""
     rng = random.Random(client_id)
@@ -207,13 +236,20 @@ def measure_ceiling_on(settings: Settings, built: list[tuple[str, bytes]], conne
 def measure_ceilings(
     settings: Settings, built: list[tuple[str, bytes]], server: CountingServer, received: int, runs: int
 ) -> tuple[dict, int]:
-    """Each ceiling ``runs`` times, in turn (1, 2, 4, 1, 2, 4...): the median of each; the server's count."""
+    """Each ceiling ``runs`` times, in turn (1, 2, 4, 1, 2, 4...): the median of each, and of how busy
+    the cores were; the server's count."""
     times: dict[int, list[float]] = {c: [] for c in CEILING_CONNECTIONS}
+    busy: dict[int, list[float]] = {c: [] for c in CEILING_CONNECTIONS}
     for _ in range(runs):
         for connections in CEILING_CONNECTIONS:
-            times[connections].append(measure_ceiling_on(settings, built, connections))
+            with Busy() as share:
+                times[connections].append(measure_ceiling_on(settings, built, connections))
+            if share.pct is not None:
+                busy[connections].append(share.pct)
             received = expect_received(server, received, len(built), f"bare smtplib on {connections}")
-    return {f"ceiling_{c}_s": statistics.median(t) for c, t in times.items()}, received
+    r = {f"ceiling_{c}_s": statistics.median(t) for c, t in times.items()}
+    r |= {f"ceiling_{c}_busy": statistics.median(b) for c, b in busy.items() if b}
+    return r, received
 
 
 def expect_received(server: CountingServer, before: int, count: int, what: str) -> int:
@@ -245,7 +281,9 @@ def wire_runs(
     r: dict[str, Any] = {"wire": count}
     first = add_referrals(engine, count)
     log_step(f"outreach run --once: {count} acknowledgements on 1 connection")
-    r["wire_1_s"] = run_once(engine, settings.with_(smtp_connections=1), folder, first)
+    with Busy() as busy:
+        r["wire_1_s"] = run_once(engine, settings.with_(smtp_connections=1), folder, first)
+    r["wire_1_busy"] = busy.pct
     received = expect_received(server, 0, count, "outreach run --once")
     built = built_for(engine, settings, first)
     r["wire_bytes"] = sum(len(data) for _, data in built)
@@ -254,9 +292,11 @@ def wire_runs(
     r.update(ceilings)
     second = add_referrals(engine, count)
     log_step(f"outreach run --once: {count} acknowledgements on {WIRE_CONNECTIONS} connections")
-    r[f"wire_{WIRE_CONNECTIONS}_s"] = run_once(
-        engine, settings.with_(smtp_connections=WIRE_CONNECTIONS), folder, second
-    )
+    with Busy() as busy:
+        r[f"wire_{WIRE_CONNECTIONS}_s"] = run_once(
+            engine, settings.with_(smtp_connections=WIRE_CONNECTIONS), folder, second
+        )
+    r[f"wire_{WIRE_CONNECTIONS}_busy"] = busy.pct
     received = expect_received(server, received, count, f"outreach run --once on {WIRE_CONNECTIONS}")
     log_step("reference: django-post_office")
     r.update(measure_post_office(engine, settings, folder, first, server, received))
@@ -530,13 +570,16 @@ def all_sent(engine: Engine, ids: list[int]) -> bool:
 
 def drain(
     engine: Engine, settings: Settings, folder: Path, ids: list[int], services: int
-) -> tuple[float, dict]:
-    """Start ``services`` services at once; seconds until every one of ``ids`` is recorded sent."""
+) -> tuple[float, float | None, dict]:
+    """Start ``services`` services at once; seconds until every one of ``ids`` is recorded sent, how
+    busy the cores were meanwhile, and how many each service sent."""
     env = wire_env(settings)
     start = time.perf_counter()
-    running = [Service(env, folder, f"service-{services}-{n}") for n in range(services)]
+    running: list[Service] = []
     try:
-        wait_for(lambda: all_sent(engine, ids), max(120.0, len(ids) / 10), f"{len(ids)} sent")
+        with Busy() as busy:
+            running += [Service(env, folder, f"service-{services}-{n}") for n in range(services)]
+            wait_for(lambda: all_sent(engine, ids), max(120.0, len(ids) / 10), f"{len(ids)} sent")
         seconds = time.perf_counter() - start
     finally:
         codes = [service.stop() for service in running]
@@ -549,7 +592,7 @@ def drain(
                 select(messages.c.claimed_by).where(messages.c.id.between(ids[0], ids[-1]))
             ).scalars()
         )
-    return seconds, {str(k): v for k, v in senders.items()}
+    return seconds, busy.pct, {str(k): v for k, v in senders.items()}
 
 
 def check_exactly_once(engine: Engine, ids: list[int], received: Counter[str]) -> None:
@@ -593,8 +636,8 @@ def measure_services(engine: Engine, settings: Settings, folder: Path, count: in
                     "the services' queue is not one run of ids: another writer is on the database"
                 )
             log_step(f"{services} outreach run service(s) on one queue of {count}")
-            r[f"services_{services}_s"], r[f"services_{services}_senders"] = drain(
-                engine, settings, folder, ids, services
+            r[f"services_{services}_s"], r[f"services_{services}_busy"], r[f"services_{services}_senders"] = (
+                drain(engine, settings, folder, ids, services)
             )
             check_exactly_once(engine, ids, server.message_ids())
     finally:
@@ -645,4 +688,19 @@ def wire_figures(r: dict) -> dict[str, Figure]:
                                                      r[f"services_{SERVICES}_rate"], "msg/s")  # fmt: skip
         f["services_gain"] = Figure("three services / one", r["services_gain"], "x",
                                     ">= 1.5x", r["services_gain"] >= 1.5)  # fmt: skip
+    f.update(busy_figures(r))
     return f
+
+
+BUSY_FIGURES = (
+    ("wire_1_busy", "cores busy: run --once, 1 connection"),
+    (f"wire_{WIRE_CONNECTIONS}_busy", f"cores busy: run --once, {WIRE_CONNECTIONS} connections"),
+    *((f"ceiling_{c}_busy", f"cores busy: bare smtplib, {c} connection(s)") for c in CEILING_CONNECTIONS),
+    ("services_1_busy", "cores busy: one service"),
+    (f"services_{SERVICES}_busy", "cores busy: three services"),
+)
+
+
+def busy_figures(r: dict) -> dict[str, Figure]:
+    """How busy the cores were during each figure above that was measured: what bounds it."""
+    return {key: Figure(label, r[key], "%") for key, label in BUSY_FIGURES if r.get(key) is not None}

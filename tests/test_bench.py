@@ -14,13 +14,14 @@ import math
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 from aiosmtpd.smtp import Envelope
 
 from benchmarks.bench import CountingHandler, Figure, Scale, format_table
-from benchmarks.wire import NOT_INSTALLED, wire_figures
+from benchmarks.wire import NOT_INSTALLED, Busy, wire_figures
 
 # Each figure with a target; the rest are for information.
 TARGETED = (
@@ -56,10 +57,15 @@ INFORMATIVE = (
     "ceiling4_msgs_per_s",
     "ceiling_gain",
     "wire_plain_vs_ceiling_pct",
+    "wire_1_busy",
+    "wire_4_busy",
+    "ceiling_1_busy",
+    "ceiling_2_busy",
+    "ceiling_4_busy",
 )
 # Only on PostgreSQL (three services need a database several processes share well).
 SERVICES_TARGETED = ("services_gain",)
-SERVICES_INFORMATIVE = ("services1_msgs_per_s", "services3_msgs_per_s")
+SERVICES_INFORMATIVE = ("services1_msgs_per_s", "services3_msgs_per_s", "services_1_busy", "services_3_busy")
 
 
 @pytest.mark.slow
@@ -169,3 +175,15 @@ def test_the_counting_server_counts_each_message_id():
         asyncio.run(handler.handle_DATA(None, None, envelope))
     assert handler.messages == 4
     assert handler.ids == {"<one@example.org>": 2, "<two@example.org>": 1, "": 1}
+
+
+def test_how_busy_the_cores_were_is_a_share_of_all_of_them():
+    """A busy loop on one thread keeps one core busy: at least a little, never more than all."""
+    with Busy() as busy:
+        end = time.process_time() + 0.3
+        while time.process_time() < end:
+            pass
+    assert busy.pct is not None and 100 / (os.cpu_count() or 1) * 0.5 <= busy.pct <= 100
+    figures = wire_figures(wire_results(60.0, 60.0, 1.5) | {"ceiling_4_busy": 97.5})
+    assert figures["ceiling_4_busy"].value == 97.5 and figures["ceiling_4_busy"].unit == "%"
+    assert "wire_1_busy" not in figures  # not measured: no row
