@@ -12,7 +12,7 @@ import os
 import re
 import stat
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import ExitStack, contextmanager, suppress
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext, suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -249,7 +249,7 @@ def driver_write(engine: Engine, on: Connection, statements: Sequence[tuple[str,
         (sql, args), *more = statements
         if more:
             raise ValueError("one statement on PostgreSQL: its commit does not wait for its row count")
-        with raw.pipeline():
+        with _pipeline(raw):
             cursor.execute("SET LOCAL synchronous_commit TO OFF")
             cursor.execute(sql, args)
             raw.commit()
@@ -269,7 +269,15 @@ def driver_write(engine: Engine, on: Connection, statements: Sequence[tuple[str,
             cursor.close()
 
 
+def _pipeline(raw: Any) -> AbstractContextManager[Any]:
+    """psycopg's pipeline where its libpq has one (14 and later); else a round trip a statement."""
+    from psycopg import Pipeline  # (only on PostgreSQL, whose driver is psycopg)
+
+    return raw.pipeline() if Pipeline.is_supported() else nullcontext()
+
+
 def _sqlite_lean(info: dict, cursor: Any, statements: Sequence[tuple[str, Any]]) -> bool:
+    """``driver_write`` on SQLite: each statement must change one row, checked before the next runs."""
     _sqlite_sync(info, cursor.execute, "NORMAL")
     cursor.execute("BEGIN IMMEDIATE")
     for sql, args in statements:
