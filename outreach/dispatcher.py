@@ -712,18 +712,15 @@ class Dispatcher:
         """
         if on is None or outcome.digest or outcome.undeliverable:
             return False
-        step = {
+        values = {  # the update's and its step's: each statement takes the names it has
+            **params,
             "message_id": outcome.message_id,
             "at": outcome.at,
             "action": outcome.action,
             "detail": outcome.detail,
         }
-        prepared = _prepared(self.engine.dialect, accepted, columns)
-        if len(prepared) == 1:  # PostgreSQL: the update and its step as one statement
-            return store.driver_write(self.engine, on, [(prepared[0].sql, prepared[0].args(params | step))])
-        update_outcome, add_step = prepared
-        statements = [(update_outcome.sql, update_outcome.args(params)), (add_step.sql, add_step.args(step))]
-        return store.driver_write(self.engine, on, statements)
+        statements = _prepared(self.engine.dialect, accepted, columns)
+        return store.driver_write(self.engine, on, [(s.sql, s.args(values)) for s in statements])
 
     # --- claims --------------------------------------------------------------------------------
 

@@ -51,6 +51,18 @@ class _Forked:
     pid: int | None
     _reader: Connection
 
+    def _fork(self, engine: Engine, work: Callable[[Callable[[str, Any], None]], object]) -> None:
+        """Run ``work`` in a forked child (``_child``), its words coming back on ``_reader``."""
+        reader, writer = multiprocessing.Pipe(duplex=False)
+        parent = os.getpid()
+        pid = os.fork()
+        if pid == 0:  # the child: never returns
+            reader.close()
+            _child(engine, work, writer, parent)
+        writer.close()
+        self.pid = pid
+        self._reader = reader
+
     def _ended(self) -> str:
         status = self._reap()
         if status is None:
@@ -71,15 +83,7 @@ class PlanProcess(_Forked):
     """A plan running in a forked child; ``follow`` relays what it releases and returns its report."""
 
     def __init__(self, engine: Engine, run: Callable[[Released], PlanReport]) -> None:
-        reader, writer = multiprocessing.Pipe(duplex=False)
-        parent = os.getpid()
-        pid = os.fork()
-        if pid == 0:  # the child: never returns
-            reader.close()
-            _child(engine, lambda say: run(lambda ids: say("released", list(ids))), writer, parent)
-        writer.close()
-        self.pid = pid
-        self._reader = reader
+        self._fork(engine, lambda say: run(lambda ids: say("released", list(ids))))
 
     def follow(self, released: Released) -> PlanReport:
         """Until the plan is over: each chunk's physicians to ``released``; its report, or its error raised."""
@@ -112,20 +116,11 @@ class ChunkHelper(_Forked):
     """
 
     def __init__(self, engine: Engine, work: Callable[[int], Any], indices: Sequence[int]) -> None:
-        reader, writer = multiprocessing.Pipe(duplex=False)
-        parent = os.getpid()
-        pid = os.fork()
-        if pid == 0:  # the child: never returns
-            reader.close()
+        def each(say: Callable[[str, Any], None]) -> None:
+            for index in indices:
+                say("chunk", (index, work(index)))
 
-            def each(say: Callable[[str, Any], None]) -> None:
-                for index in indices:
-                    say("chunk", (index, work(index)))
-
-            _child(engine, each, writer, parent)
-        writer.close()
-        self.pid = pid
-        self._reader = reader
+        self._fork(engine, each)
 
     def ready(self) -> Iterator[tuple[int, Any]]:
         """The chunks finished so far, without waiting."""
