@@ -11,7 +11,7 @@ from __future__ import annotations
 import secrets
 import time
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
     BigInteger,
@@ -30,6 +30,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator
@@ -249,6 +250,12 @@ measurements = Table(
     UniqueConstraint("client_id", "instrument", "measured_on", name="uq_measurements_day"),
 )
 
+
+def _only(rows: str) -> dict[str, Any]:
+    """A partial index: only the rows where ``rows`` holds (the same SQL in both databases)."""
+    return {"sqlite_where": text(rows), "postgresql_where": text(rows)}
+
+
 messages = Table(
     "messages",
     metadata,
@@ -263,7 +270,7 @@ messages = Table(
     Column("subject", String(300), nullable=False),
     Column("priority", SmallInteger, nullable=False, default=PRIORITY_NORMAL),
     Column("kind", String(20), nullable=False, default="clinical"),  # or relationship, digest
-    Column("digest_id", Integer, ForeignKey("messages.id"), nullable=True, index=True),
+    Column("digest_id", Integer, ForeignKey("messages.id"), nullable=True),
     # The rule required the client's consent: the gate checks it again before sending.
     Column("needs_consent", Boolean, nullable=False, default=True),
     Column("status", String(20), nullable=False),
@@ -287,8 +294,11 @@ messages = Table(
     Column("body_removed_at", UTCDateTime, nullable=True),
     Column("body_sha256", String(64), nullable=True),
     # A person's resend (``records.resend``): the message this one is a copy of.
-    Column("resent_from", Integer, ForeignKey("messages.id"), nullable=True, index=True),
-    Index("ix_messages_queue", "status", "next_attempt_at"),
+    Column("resent_from", Integer, ForeignKey("messages.id"), nullable=True),
+    # Every index here is written again each time a message changes status (claimed, then sent):
+    # an index that serves only some rows holds only those (``_only``).
+    Index("ix_messages_digest_id", "digest_id", **_only("digest_id IS NOT NULL")),  # a digest's updates
+    Index("ix_messages_resent_from", "resent_from", **_only("resent_from IS NOT NULL")),  # its resends
     # A client's messages; with template, status and date the planner's "sent
     # recently?" check is answered from the index alone.
     Index("ix_messages_client_template", "client_id", "template", "status", "created_at"),
@@ -302,6 +312,16 @@ messages = Table(
     Index("ix_messages_ready", "status", "priority", "physician_id"),
     # The weekly cap: what each physician was sent in the last 7 days (``digest.recent_sends``).
     Index("ix_messages_cap", "physician_id", "priority", "status", "sent_at"),
+)
+
+# The queue (``dispatcher.claim``): the mail waiting to be claimed, in the order it is claimed.
+# A message leaves it when claimed, so the claim reads the first rows only, however long
+# the log, and a sent message's status changes write nothing here.
+Index(
+    "ix_messages_claim",
+    messages.c.priority.desc(),
+    messages.c.id,
+    **_only(f"status = '{PENDING}' AND digest_id IS NULL"),
 )
 
 # What a message says, apart from the log entry itself: the log is scanned
