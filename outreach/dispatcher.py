@@ -351,8 +351,11 @@ def _waiting(postgres: bool) -> ColumnElement[bool]:
     rows and stops, however many wait. SQLite keeps no statistics and
     would rather read every waiting message through a status index and sort
     them; told the term filters little, it walks the queue index instead.
+    The status is written out, not a parameter: a plan made for any status
+    (PostgreSQL's generic plan of a statement psycopg has prepared) could
+    not use an index of the waiting mail alone.
     """
-    waiting = messages.c.status == PENDING
+    waiting = messages.c.status == literal_column(f"'{PENDING}'")
     return waiting if postgres else func.likelihood(waiting, literal_column("0.9"))
 
 
