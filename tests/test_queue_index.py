@@ -105,9 +105,14 @@ def test_links_set_on_few_rows_are_indexed_on_those_rows_only(engine, lookup):
     query = select(messages.c.id).where(column == source)
     with store.read(engine) as conn:
         assert list(conn.execute(query).scalars()) == [linked]
-        if not store.is_postgres(conn):
+        if store.is_postgres(conn):
+            definition = "SELECT indexdef FROM pg_indexes WHERE indexname = %s"
+        else:
+            definition = "SELECT sql FROM sqlite_master WHERE name = ?"
             sql = str(query.compile(conn))
             assert f"ix_messages_{lookup}" in plan_of(engine, sql, (source,))
+        made = conn.exec_driver_sql(definition, (f"ix_messages_{lookup}",)).scalar_one()
+    assert f"{lookup} IS NOT NULL" in made, made
 
 
 def test_migration_0015_keeps_every_message_and_goes_back(settings, tmp_path):
