@@ -12,6 +12,8 @@ from __future__ import annotations
 import hashlib
 import threading
 from datetime import timedelta
+from time import monotonic, perf_counter
+from types import SimpleNamespace
 
 import pytest
 from sqlalchemy import select, update
@@ -411,6 +413,34 @@ def test_a_long_purge_goes_in_passes_and_a_budget_stops_it_between_chunks(engine
     stopped = purge(engine, kept, NOW, budget=0)  # spent at once: one chunk, then stop
     assert (stopped.messages, stopped.finished) == (2, False)
     assert [removed(engine, i) for i in more] == [True, True, False]
+
+
+def test_on_sqlite_a_purge_leaves_the_write_lock_free_between_chunks(engine, kept, monkeypatch):
+    """SQLite picks no waiting writer: the purge gives one a turn longer than its busy handler's 100 ms sleep.
+
+    In each turn another connection that does not wait at all gets the lock.
+    """
+    monkeypatch.setattr(retention, "PASS", 2)
+    made = [queue_message(engine, **old()) for _ in range(5)]
+    turns: list[float] = []
+    other = store.connect(kept.database_url, busy=0)
+
+    def turn(seconds: float) -> None:
+        turns.append(seconds)
+        with store.write(other) as conn:  # refused at once if the purge held the lock
+            conn.execute(update(messages).where(messages.c.id == made[0]).values(updated_at=NOW))
+
+    monkeypatch.setattr(
+        retention, "time", SimpleNamespace(perf_counter=perf_counter, monotonic=monotonic, sleep=turn)
+    )
+    try:
+        report = purge(engine, kept, NOW)
+    finally:
+        other.dispose()
+    assert report.batches == 3 and all(removed(engine, i) for i in made)
+    expected = [] if store.is_postgres(engine) else [retention.TURN] * 2  # between chunks, not after the last
+    assert turns == expected
+    assert retention.TURN > 0.1
 
 
 # SQLite writers queue for the one write lock: there is nothing to skip there.
