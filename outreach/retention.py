@@ -14,8 +14,9 @@ are final and old enough.
 
 The work is done in chunks of ``store.IN_LIMIT`` messages, each in its own
 short write transaction, so the service (another process) gets the
-database between chunks (on SQLite after a pause, ``TURN``); on PostgreSQL a row another process holds is
-skipped (``FOR UPDATE SKIP LOCKED``) and left for the next run.
+database between chunks (on SQLite after a pause, ``TURN``); on
+PostgreSQL a row another process holds is skipped (``FOR UPDATE SKIP
+LOCKED``) and left for the next run.
 """
 
 from __future__ import annotations
