@@ -23,6 +23,10 @@ class ImportFileError(OutreachError):
         self.problems = problems
         super().__init__("\n".join(problems))
 
+    def __reduce__(self) -> tuple:
+        """Whole through a pickle (a plan's helper process raises it to the planner through a pipe)."""
+        return type(self), (self.path, self.problems)
+
 
 class RuleError(OutreachError):
     """Campaign rules are invalid; carries every problem found."""
@@ -30,6 +34,10 @@ class RuleError(OutreachError):
     def __init__(self, problems: list[str]):
         self.problems = problems
         super().__init__("\n".join(problems))
+
+    def __reduce__(self) -> tuple:
+        """Whole through a pickle, not its message taken for a list of problems (one per letter)."""
+        return type(self), (self.problems,)
 
 
 class RenderError(OutreachError):

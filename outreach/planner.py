@@ -73,6 +73,7 @@ log = logging.getLogger(__name__)
 QUEUE_CHUNK = 200  # drafts rendered and stored per transaction
 FIRST_CHUNK = 25  # the first transaction's: what the sender beside the plan starts on
 HELPER_FROM = 400  # drafts: a plan this big queues every other chunk in a second process
+GATHER_HELPER_FROM = 10_000  # clients on record: a practice this big looks for due mail in two processes
 
 
 @dataclass(frozen=True)
@@ -624,17 +625,63 @@ def _gather(engine: Engine, settings: Settings, rules: list[Rule], now: datetime
     from the same template is queued in this plan (a reassessment report
     resets the clock), as it is not when one was queued before.
     """
+    ordered = sorted(rules, key=lambda r: r.trigger != "event")
     drafts: list[Draft] = []
     milestones: set[tuple[int | None, str]] = set()
-    for rule in sorted(rules, key=lambda r: r.trigger != "event"):
-        with store.read(engine) as conn:
-            found = find_due(conn, [rule], settings, now)
+    for rule, found in zip(ordered, _find_each(engine, settings, ordered, now), strict=True):
         if rule.trigger == "event":
             milestones |= {(d.client_id, rule.template) for d in found if d.suppress_reason is None}
         elif rule.trigger == "every" and rule.scope == "client":
             found = [d for d in found if (d.client_id, rule.template) not in milestones]
         drafts += found
     return drafts
+
+
+def _find_each(engine: Engine, settings: Settings, rules: list[Rule], now: datetime) -> list[list[Draft]]:
+    """Each rule's due drafts; in a big practice, every other rule's looked for in a helper process.
+
+    Some rules read every active client: at 100,000 clients looking takes a
+    third of a second, and the sender beside the plan waits for it before
+    its first email. The queries only read, so two processes look at once;
+    the helper's drafts come back through its pipe and are given back the
+    planner's own rule objects.
+    """
+
+    def find(index: int) -> list[Draft]:
+        with store.read(engine) as conn:
+            return find_due(conn, [rules[index]], settings, now)
+
+    found: dict[int, list[Draft]] = {}
+    helper = _gather_helper(engine, rules, find)
+    try:
+        for index in range(len(rules)):
+            if helper is None or index % 2 == 0:
+                found[index] = find(index)
+        if helper is not None:
+            found |= dict(helper.rest())
+    except BaseException:
+        if helper is not None:
+            helper.stop()
+        raise
+    for index, drafts in found.items():
+        for draft in drafts:
+            draft.rule = rules[index]
+    return [found[index] for index in range(len(rules))]
+
+
+def _gather_helper(
+    engine: Engine, rules: list[Rule], find: Callable[[int], list[Draft]]
+) -> ChunkHelper | None:
+    """A process for every other rule, in a practice of ``GATHER_HELPER_FROM`` clients or more.
+
+    In a smaller one looking takes a few milliseconds, less than a fork.
+    """
+    if len(rules) < 2 or (os.cpu_count() or 1) < 2 or not can_fork(engine):
+        return None
+    with store.read(engine) as conn:
+        if conn.execute(select(func.count()).select_from(clients)).scalar_one() < GATHER_HELPER_FROM:
+            return None
+    return ChunkHelper(engine, find, range(1, len(rules), 2))
 
 
 def _by_physician(drafts: list[Draft], size: int) -> Iterator[list[Draft]]:

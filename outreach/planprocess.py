@@ -105,14 +105,16 @@ class PlanProcess(_Forked):
 
 
 class ChunkHelper(_Forked):
-    """A second process queuing some of a plan's chunks (``work(index)``) while the planner queues the rest.
+    """A second process doing some of a plan's pieces (``work(index)``) while the planner does the rest.
 
     Rendering is most of a plan and uses one core; a batch import or a
     quarter's summaries render on two with a helper. Each chunk is one
     physician's mail whole and goes in its own transaction, so the two
     processes never queue the same message; the database takes their writes
-    one at a time. The planner takes each result as it comes (``ready``),
-    and the rest once its own chunks are done (``rest``).
+    one at a time. In a big practice a helper also looks for every other
+    rule's due mail (``planner._find_each``), which only reads. The planner
+    takes each result as it comes (``ready``), and the rest once its own
+    pieces are done (``rest``).
     """
 
     def __init__(self, engine: Engine, work: Callable[[int], Any], indices: Sequence[int]) -> None:

@@ -9,7 +9,13 @@ the processes that queued a chunk, and whether a child is left. ``MODE``:
 - ``helper``: with a helper, as usual;
 - ``helper_raises``: the helper's first chunk raises ``RenderError``;
 - ``helper_killed``: the helper dies of SIGKILL in its first chunk;
-- ``planner_raises``: the planner's own second chunk raises ``RenderError``.
+- ``planner_raises``: the planner's own second chunk raises ``RenderError``;
+- ``gather``: no chunk helper, but every other rule looked for in a helper
+  (``GATHER_HELPER_FROM = 1``); ``gather_raises``: the helper's first rule
+  raises ``RuleError``; ``gather_killed``: the helper dies of SIGKILL there.
+
+The pid of each process that looked for a rule's due mail goes to
+``FIND_PIDS_FILE``, if set.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ import sys
 from datetime import datetime
 
 from outreach import planner, store
-from outreach.errors import RenderError
+from outreach.errors import RenderError, RuleError
 from outreach.renderer import load_renderer
 from outreach.rules import load_rules
 from outreach.settings import Settings
@@ -31,7 +37,21 @@ from tests.plan_child import _children_left
 def main(mode: str, now: str) -> None:
     parent = os.getpid()
     planner.QUEUE_CHUNK, planner.FIRST_CHUNK = 2, 2
-    planner.HELPER_FROM = 10**9 if mode == "alone" else 1
+    planner.HELPER_FROM = 10**9 if mode == "alone" or mode.startswith("gather") else 1
+    planner.GATHER_HELPER_FROM = 1 if mode.startswith("gather") else 10**9
+    real_find_due = planner.find_due
+
+    def find_due(*args, **kwargs):
+        if mode == "gather_raises" and os.getpid() != parent:
+            raise RuleError(["campaigns/acknowledgement.toml: the rule's template went missing"])
+        if mode == "gather_killed" and os.getpid() != parent:
+            os.kill(os.getpid(), signal.SIGKILL)
+        if "FIND_PIDS_FILE" in os.environ:
+            with open(os.environ["FIND_PIDS_FILE"], "a") as file:
+                file.write(f"{os.getpid()}\n")
+        return real_find_due(*args, **kwargs)
+
+    planner.find_due = find_due
     real_queue = planner._queue
     pids = os.environ["PLAN_PIDS_FILE"]  # one line per chunk queued: the pid that queued it
     chunks_queued = 0

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import pickle
 import stat
 import subprocess
 import sys
@@ -17,6 +18,7 @@ import pytest
 from sqlalchemy import func, select
 
 from outreach import status, store
+from outreach.errors import ImportFileError, RuleError
 from outreach.models import PENDING, events, messages
 from outreach.settings import Settings
 from tests.conftest import NOW
@@ -205,3 +207,20 @@ def test_a_note_that_is_not_utf8_from_a_real_command_line(demo_engine, settings,
     assert done.returncode == 1
     assert done.stderr == b"error: --note: not valid UTF-8 text\n"
     assert event_count(demo_engine) == before
+
+
+# --- errors through a pipe ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        RuleError(["campaigns/a.toml: rule 'x': unknown key 'evry'", "campaigns/b.toml: no template"]),
+        ImportFileError("clients.csv", ["row 3: referral_date: not a date", "row 9: email: missing"]),
+    ],
+)
+def test_an_error_with_its_problems_crosses_a_pipe_whole(error):
+    """A plan's helper process raises to the planner through a pipe (``planprocess``): the same lines arrive."""
+    back = pickle.loads(pickle.dumps(error))
+    assert (type(back), str(back), back.problems) == (type(error), str(error), error.problems)
+    assert getattr(back, "path", None) == getattr(error, "path", None)
