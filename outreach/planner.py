@@ -192,6 +192,11 @@ def _about_client(rule: Rule, key: str, row: Any, today: date, event_id: int | N
 def _due_on_event(conn: Connection, rule: Rule, now: datetime) -> list[Draft]:
     key = literal(f"{rule.name}:event:") + cast(events.c.id, String)
     newest = now - rule.delay
+    recent = (
+        events.c.kind == rule.event,
+        events.c.occurred_at <= newest,
+        events.c.occurred_at >= newest - rule.max_age,
+    )
     query = (
         select(
             events.c.id.label("event_id"),
@@ -199,45 +204,47 @@ def _due_on_event(conn: Connection, rule: Rule, now: datetime) -> list[Draft]:
             *_recipient_columns(),
         )
         .select_from(events.join(clients).join(physicians))
-        .where(
-            events.c.kind == rule.event,
-            events.c.occurred_at <= newest,
-            events.c.occurred_at >= newest - rule.max_age,
-            ~exists().where(messages.c.dedupe_key == key),
-        )
+        .where(*recent, ~exists().where(messages.c.dedupe_key == key))
         .order_by(events.c.occurred_at, events.c.id)
     )
+    if rule.consecutive:
+        query = query.where(
+            events.c.id.in_(_streak_ends(select(events.c.client_id).where(*recent), rule.consecutive))
+        )
     today = now.date()
     found = conn.execute(query).all()
-    if rule.consecutive:
-        ends = _streak_ends(conn, {row.client_id for row in found}, rule.consecutive)
-        found = [row for row in found if row.event_id in ends]
     return [
         _about_client(rule, f"{rule.name}:event:{row.event_id}", row, today, row.event_id) for row in found
     ]
 
 
-def _streak_ends(conn: Connection, client_ids: set[int], length: int) -> set[int]:
+def _streak_ends(of_clients: Select, length: int) -> Select:
     """Missed sessions that are exactly the ``length``-th missed in a row (not the 4th of 3).
 
-    One query per chunk of clients, not two per missed session: the steady
-    tick re-examines every recent miss that did not end a streak.
+    Each session of the clients ``of_clients`` selects is seen with the
+    ``length`` sessions before it (window functions, in the database): it
+    ends a streak when it and the ``length - 1`` before it were missed and
+    the one before those was not, or there was none. The steady tick
+    re-examines every recent miss that did not end a streak, so this is one
+    query, not the clients' sessions read into Python.
     """
-    ends: set[int] = set()
-    for chunk in store.chunks(sorted(client_ids)):
-        sessions = conn.execute(
-            select(events.c.client_id, events.c.id, events.c.kind)
-            .where(events.c.client_id.in_(chunk), events.c.kind.in_(SESSION_KINDS))
-            .order_by(events.c.client_id, events.c.occurred_at, events.c.id)
-        )
-        client, run = None, 0
-        for row in sessions:
-            if row.client_id != client:
-                client, run = row.client_id, 0
-            run = run + 1 if row.kind == "session_missed" else 0
-            if run == length:
-                ends.add(row.id)
-    return ends
+    before = [
+        func.lag(events.c.kind, n)
+        .over(partition_by=events.c.client_id, order_by=(events.c.occurred_at, events.c.id))
+        .label(f"before_{n}")
+        for n in range(1, length + 1)
+    ]
+    sessions = (
+        select(events.c.id, events.c.kind, *before)
+        .where(events.c.kind.in_(SESSION_KINDS), events.c.client_id.in_(of_clients))
+        .subquery()
+    )
+    earlier = sessions.c[f"before_{length}"]
+    return select(sessions.c.id).where(
+        sessions.c.kind == "session_missed",
+        *(sessions.c[f"before_{n}"] == "session_missed" for n in range(1, length)),
+        or_(earlier.is_(None), earlier != "session_missed"),
+    )
 
 
 def _due_recurring_client(conn: Connection, rule: Rule, settings: Settings, now: datetime) -> list[Draft]:

@@ -8,10 +8,11 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import func, select, update
 
 from outreach import store
+from outreach.context import SESSION_KINDS
 from outreach.importer import record_event
-from outreach.models import CANCELLED, FAILED, PENDING, SUPPRESSED, clients, messages, physicians
+from outreach.models import CANCELLED, FAILED, PENDING, SUPPRESSED, clients, events, messages, physicians
 from outreach.outbox import with_body
-from outreach.planner import find_due, plan
+from outreach.planner import _streak_ends, find_due, plan
 from outreach.rules import load_rules
 from tests.conftest import NOW
 from tests.factories import renderer
@@ -174,3 +175,32 @@ def test_find_due_is_empty_once_everything_is_queued(demo_engine, settings):
     rules = load_rules(settings.campaigns_dir, settings.templates_dir)
     with store.read(demo_engine) as conn:
         assert find_due(conn, rules, settings, NOW) == []
+
+
+def test_a_streak_ends_at_exactly_its_length_th_miss_in_a_row(demo_engine):
+    """Missed (M) and attended (A) sessions, in time order; which misses end a streak of 2 and of 3.
+
+    The first client's misses open their history (nothing before them); the
+    second's streaks are broken by an attended session; the third never
+    misses enough.
+    """
+    histories = {"C-1001": "MMMM", "C-1002": "AMMAMMMA", "C-1003": "MAMAM"}
+    ids: dict[str, list[int]] = {}
+    with store.write(demo_engine) as conn:
+        for n, (ref, history) in enumerate(histories.items()):
+            client = conn.execute(select(clients.c.id).where(clients.c.ref == ref)).scalar_one()
+            conn.execute(
+                events.delete().where(events.c.client_id == client, events.c.kind.in_(SESSION_KINDS))
+            )
+            kinds = {"M": "session_missed", "A": "session_attended"}
+            start = NOW - timedelta(days=30 - n)
+            ids[ref] = [
+                record_event(conn, client, kinds[mark], start + timedelta(hours=day * 24 + n), "", NOW)
+                for day, mark in enumerate(history)
+            ]
+    of_clients = select(clients.c.id).where(clients.c.ref.in_(histories))
+    with store.read(demo_engine) as conn:
+        ends = {length: set(conn.execute(_streak_ends(of_clients, length)).scalars()) for length in (2, 3)}
+    first, second = ids["C-1001"], ids["C-1002"]
+    assert ends[2] == {first[1], second[2], second[5]}  # the 2nd miss in a row, not the 3rd or 4th
+    assert ends[3] == {first[2], second[6]}
