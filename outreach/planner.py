@@ -12,7 +12,6 @@ will be sent.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
@@ -63,7 +62,7 @@ from outreach.models import (
     physicians,
 )
 from outreach.outbox import insert_messages, trail, trail_many
-from outreach.planprocess import ChunkHelper, can_fork
+from outreach.planprocess import ChunkHelper, can_help, share
 from outreach.renderer import Rendered, Renderer
 from outreach.rules import Rule
 from outreach.settings import Settings
@@ -580,21 +579,7 @@ def _queue_chunks(
         if released is not None:
             released(queued.physicians)
 
-    helper = _helper(engine, chunks, work)
-    try:
-        for index in range(len(chunks)):
-            if helper is None or index % 2 == 0:
-                take(index, work(index))
-            if helper is not None:
-                for found in helper.ready():
-                    take(*found)
-        if helper is not None:
-            for found in helper.rest():
-                take(*found)
-    except BaseException:
-        if helper is not None:
-            helper.stop()
-        raise
+    share(_helper(engine, chunks, work), len(chunks), work, take)
     for index in sorted(results):
         _report(report, chunks[index], results[index])
     return {physician for queued in results.values() for physician in queued.physicians}
@@ -602,9 +587,7 @@ def _queue_chunks(
 
 def _helper(engine: Engine, chunks: list[list[Draft]], work: Callable[[int], _Queued]) -> ChunkHelper | None:
     """A process for the odd chunks of a plan of ``HELPER_FROM`` drafts or more, where one may be forked."""
-    if sum(map(len, chunks)) < HELPER_FROM or len(chunks) < 2 or (os.cpu_count() or 1) < 2:
-        return None
-    if not can_fork(engine):
+    if sum(map(len, chunks)) < HELPER_FROM or len(chunks) < 2 or not can_help(engine):
         return None
     return ChunkHelper(engine, work, range(1, len(chunks), 2))
 
@@ -659,17 +642,7 @@ def _find_each(engine: Engine, settings: Settings, rules: list[Rule], now: datet
             return find_due(conn, [rules[index]], settings, now)
 
     found: dict[int, list[Draft]] = {}
-    helper = _gather_helper(engine, rules, find)
-    try:
-        for index in range(len(rules)):
-            if helper is None or index % 2 == 0:
-                found[index] = find(index)
-        if helper is not None:
-            found |= dict(helper.rest())
-    except BaseException:
-        if helper is not None:
-            helper.stop()
-        raise
+    share(_gather_helper(engine, rules, find), len(rules), find, found.__setitem__)
     for index, drafts in found.items():
         for draft in drafts:
             draft.rule = rules[index]
@@ -685,7 +658,7 @@ def _gather_helper(
     Counting stops at ``GATHER_HELPER_FROM``: a big practice pays for that
     many index entries, not for all of them.
     """
-    if len(rules) < 2 or (os.cpu_count() or 1) < 2 or not can_fork(engine):
+    if len(rules) < 2 or not can_help(engine):
         return None
     enough = select(clients.c.id).limit(GATHER_HELPER_FROM).subquery()
     with store.read(engine) as conn:

@@ -45,6 +45,35 @@ def can_fork(engine: Engine) -> bool:
     return not (url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:"))
 
 
+def can_help(engine: Engine) -> bool:
+    """Whether a helper process is worth forking for a plan: two cores or more, and ``can_fork``."""
+    return (os.cpu_count() or 1) >= 2 and can_fork(engine)
+
+
+def share(
+    helper: ChunkHelper | None, count: int, work: Callable[[int], Any], take: Callable[[int, Any], None]
+) -> None:
+    """Pieces ``0 .. count - 1`` done: the even ones here, the odd ones by ``helper`` (all here without one).
+
+    Each result goes to ``take`` as soon as it is known, the helper's
+    included. A failure on either side stops the helper before it is raised.
+    """
+    try:
+        for index in range(count):
+            if helper is None or index % 2 == 0:
+                take(index, work(index))
+            if helper is not None:
+                for found in helper.ready():
+                    take(*found)
+        if helper is not None:
+            for found in helper.rest():
+                take(*found)
+    except BaseException:
+        if helper is not None:
+            helper.stop()
+        raise
+
+
 class _Forked:
     """A forked child that reports through a pipe, and is reaped once."""
 
@@ -112,9 +141,9 @@ class ChunkHelper(_Forked):
     physician's mail whole and goes in its own transaction, so the two
     processes never queue the same message; the database takes their writes
     one at a time. In a big practice a helper also looks for every other
-    rule's due mail (``planner._find_each``), which only reads. The planner
-    takes each result as it comes (``ready``), and the rest once its own
-    pieces are done (``rest``).
+    rule's due mail (``planner._find_each``), which only reads. ``share``
+    takes each result as it comes (``ready``), and the rest once the
+    planner's own pieces are done (``rest``).
     """
 
     def __init__(self, engine: Engine, work: Callable[[int], Any], indices: Sequence[int]) -> None:
